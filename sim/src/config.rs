@@ -1,0 +1,134 @@
+//! Simulator configuration: server-wide settings, per-stream options and fault injection.
+
+use std::time::{Duration, Instant};
+
+/// Per-shard write limits of a provisioned Kinesis stream (records and bytes per second).
+pub const DEFAULT_SHARD_RECORDS_PER_SEC: u32 = 1_000;
+/// Per-shard byte rate: 1 MiB/s of data plus partition-key bytes.
+pub const DEFAULT_SHARD_BYTES_PER_SEC: u64 = 1_048_576;
+/// Largest PutRecords request (sum of data and partition-key bytes): 5 MiB.
+pub const DEFAULT_REQUEST_LIMIT_BYTES: u64 = 5 * 1_048_576;
+/// Default maximum record size in KiB (1 MiB).
+pub const DEFAULT_MAX_RECORD_SIZE_KIB: u32 = 1024;
+/// Account id used in ARNs and error messages.
+pub const DEFAULT_ACCOUNT_ID: &str = "123456789012";
+/// Region used in ARNs.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// Per-shard write-rate enforcement (token bucket per shard, capacity one second of rate).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    /// When false no record is ever throttled (for CPU benchmarks).
+    pub enabled: bool,
+    /// Records per second per shard.
+    pub records_per_sec: u32,
+    /// Bytes (data + partition key) per second per shard.
+    pub bytes_per_sec: u64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            enabled: true,
+            records_per_sec: DEFAULT_SHARD_RECORDS_PER_SEC,
+            bytes_per_sec: DEFAULT_SHARD_BYTES_PER_SEC,
+        }
+    }
+}
+
+impl RateLimits {
+    /// No throttling at all.
+    pub fn unlimited() -> Self {
+        RateLimits {
+            enabled: false,
+            ..RateLimits::default()
+        }
+    }
+}
+
+/// Server-wide configuration; [`SimConfig::default`] matches AWS defaults.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Port on 127.0.0.1; 0 picks a free port.
+    pub port: u16,
+    /// Default per-shard limits for streams created without [`StreamOptions::limits`].
+    pub limits: RateLimits,
+    /// Largest PutRecords request in bytes (data + partition keys).
+    pub request_limit_bytes: u64,
+    /// Default maximum record size (data bytes) in KiB.
+    pub max_record_size_kib: u32,
+    /// Account id in ARNs and messages.
+    pub account_id: String,
+    /// Region in ARNs.
+    pub region: String,
+    /// Keep record payloads for GetRecords and [`crate::Simulator::records`]. Turn off for
+    /// long benchmarks so memory stays flat; counters are kept either way.
+    pub store_records: bool,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            port: 0,
+            limits: RateLimits::default(),
+            request_limit_bytes: DEFAULT_REQUEST_LIMIT_BYTES,
+            max_record_size_kib: DEFAULT_MAX_RECORD_SIZE_KIB,
+            account_id: DEFAULT_ACCOUNT_ID.to_string(),
+            region: DEFAULT_REGION.to_string(),
+            store_records: true,
+        }
+    }
+}
+
+/// Options for [`crate::Simulator::create_stream_with`].
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    /// Number of shards (at least 1).
+    pub shards: u32,
+    /// Per-stream max record size; `None` uses [`SimConfig::max_record_size_kib`].
+    pub max_record_size_kib: Option<u32>,
+    /// Per-stream limits; `None` uses [`SimConfig::limits`].
+    pub limits: Option<RateLimits>,
+}
+
+impl StreamOptions {
+    /// Options for a stream of `shards` shards with server defaults otherwise.
+    pub fn new(shards: u32) -> Self {
+        StreamOptions {
+            shards,
+            ..StreamOptions::default()
+        }
+    }
+}
+
+/// Fault injection for one stream, replaceable at any time with
+/// [`crate::Simulator::set_faults`]. Rates are probabilities in `0..=1` drawn per request
+/// (per record for `internal_failure_rate`). `Faults::default()` injects nothing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Faults {
+    /// Per-record probability that a PutRecords entry fails with `InternalFailure`
+    /// (PutRecord: the whole request fails with HTTP 500 `InternalFailure`).
+    pub internal_failure_rate: f64,
+    /// Per-request probability of HTTP 500 `InternalFailure` (nothing stored).
+    pub http_500_rate: f64,
+    /// Per-request probability of HTTP 503 `ServiceUnavailable` (nothing stored).
+    pub http_503_rate: f64,
+    /// Fixed delay added to every request.
+    pub latency: Duration,
+    /// Uniform random extra delay in `0..latency_jitter`.
+    pub latency_jitter: Duration,
+    /// Per-request probability of an extra `latency_spike` delay.
+    pub latency_spike_rate: f64,
+    /// Delay of a latency spike (e.g. 2 s).
+    pub latency_spike: Duration,
+    /// Per-request probability that the connection is closed without a response. Half of
+    /// the dropped write requests are applied (stored) first, half are not.
+    pub drop_connection_rate: f64,
+    /// Until this instant every request for the stream is dropped without a response.
+    pub unreachable_until: Option<Instant>,
+    /// Reshard the stream (uniform scaling) to the given shard count this long after the
+    /// faults are set.
+    pub reshard_at: Option<(Duration, u32)>,
+    /// Share `0..1` of every shard's budget consumed by an invisible competing writer.
+    pub competing_writer_share: f64,
+}

@@ -1,0 +1,105 @@
+//! The bound on what the producer holds: `max_buffered_records` and `max_buffered_bytes`.
+//!
+//! Two semaphores: `add` takes one record permit and one byte permit per byte (data + partition
+//! key) before it queues a record; the engine gives them back when the record is resolved. So
+//! everything held, queued, in flight or waiting for a retry, counts until its future resolves.
+
+use tokio::sync::Semaphore;
+
+#[derive(Debug)]
+pub(crate) struct BufferGauge {
+    records: Semaphore,
+    bytes: Semaphore,
+    pub max_records: usize,
+    pub max_bytes: usize,
+}
+
+impl BufferGauge {
+    pub fn new(max_records: usize, max_bytes: usize) -> Self {
+        let cap = Semaphore::MAX_PERMITS;
+        BufferGauge {
+            records: Semaphore::new(max_records.min(cap)),
+            bytes: Semaphore::new(max_bytes.min(cap)),
+            max_records,
+            max_bytes,
+        }
+    }
+
+    /// Waits for room for one record of `size` bytes (`size <= max_bytes`, checked by the caller).
+    pub async fn acquire(&self, size: usize) {
+        // Neither semaphore is ever closed, so acquire cannot fail.
+        if let Ok(p) = self.records.acquire().await {
+            p.forget();
+        }
+        if let Ok(p) = self.bytes.acquire_many(size as u32).await {
+            p.forget();
+        }
+    }
+
+    /// Takes room for one record of `size` bytes if there is some now.
+    pub fn try_acquire(&self, size: usize) -> bool {
+        let Ok(record) = self.records.try_acquire() else {
+            return false;
+        };
+        match self.bytes.try_acquire_many(size as u32) {
+            Ok(bytes) => {
+                record.forget();
+                bytes.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back room for `records` records totalling `bytes`.
+    pub fn release(&self, records: usize, bytes: usize) {
+        self.records.add_permits(records);
+        self.bytes.add_permits(bytes);
+    }
+
+    /// Records held now.
+    pub fn records_held(&self) -> usize {
+        self.max_records
+            .saturating_sub(self.records.available_permits())
+    }
+
+    /// Bytes held now.
+    pub fn bytes_held(&self) -> usize {
+        self.max_bytes
+            .saturating_sub(self.bytes.available_permits())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn try_acquire_respects_both_bounds() {
+        let g = BufferGauge::new(2, 100);
+        assert!(g.try_acquire(60));
+        assert!(!g.try_acquire(60), "bytes full");
+        assert_eq!(
+            g.records_held(),
+            1,
+            "a refused try gives the record permit back"
+        );
+        assert!(g.try_acquire(40));
+        assert!(!g.try_acquire(0), "records full");
+        g.release(2, 100);
+        assert_eq!((g.records_held(), g.bytes_held()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn acquire_waits_for_release() {
+        let g = std::sync::Arc::new(BufferGauge::new(1, 10));
+        g.acquire(10).await;
+        let g2 = g.clone();
+        let waiter = tokio::spawn(async move { g2.acquire(5).await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        g.release(1, 10);
+        waiter.await.unwrap();
+        assert_eq!(g.bytes_held(), 5);
+    }
+}

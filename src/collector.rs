@@ -1,0 +1,195 @@
+//! The collector: packs ready Kinesis records into PutRecords requests.
+//!
+//! A request holds at most `max_records` records and `max_bytes` bytes (data + partition keys,
+//! as the API counts them). A record is never split; one that would overflow the current
+//! request closes it and starts the next. The current request is due when it is full, when its
+//! oldest user record has waited `max_buffered_time`, or when the caller flushes. Pure and
+//! generic over the record type, so property tests can drive it with plain values.
+
+use std::time::{Duration, Instant};
+
+/// One request's worth of records.
+#[derive(Debug)]
+pub struct Batch<T> {
+    /// The records, in the order they were pushed.
+    pub records: Vec<T>,
+    /// Sum of their sizes.
+    pub bytes: usize,
+}
+
+/// Packs records into requests within the count and byte limits.
+#[derive(Debug)]
+pub struct Collector<T> {
+    max_records: usize,
+    max_bytes: usize,
+    records: Vec<T>,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl<T> Collector<T> {
+    /// A collector for requests of at most `max_records` records and `max_bytes` bytes.
+    pub fn new(max_records: usize, max_bytes: usize) -> Self {
+        Collector {
+            max_records,
+            max_bytes,
+            records: Vec::with_capacity(max_records),
+            bytes: 0,
+            oldest: None,
+        }
+    }
+
+    /// Adds a record of `size` bytes whose oldest user record arrived at `arrived`. Returns the
+    /// previous request if this record did not fit in it. A record larger than `max_bytes` on
+    /// its own still goes, alone (callers validate sizes before this point).
+    pub fn push(&mut self, record: T, size: usize, arrived: Instant) -> Option<Batch<T>> {
+        let closed = if !self.records.is_empty()
+            && (self.records.len() >= self.max_records || self.bytes + size > self.max_bytes)
+        {
+            Some(self.take())
+        } else {
+            None
+        };
+        self.records.push(record);
+        self.bytes += size;
+        self.oldest = Some(self.oldest.map_or(arrived, |o| o.min(arrived)));
+        closed
+    }
+
+    /// Whether the current request cannot take another record of any size.
+    pub fn is_full(&self) -> bool {
+        self.records.len() >= self.max_records || self.bytes >= self.max_bytes
+    }
+
+    /// Whether no record is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// When the current request is due by age, if it holds anything.
+    pub fn due_at(&self, max_buffered_time: Duration) -> Option<Instant> {
+        self.oldest
+            .map(|o| o.checked_add(max_buffered_time).unwrap_or(o))
+    }
+
+    /// Takes the current request (possibly empty).
+    pub fn take(&mut self) -> Batch<T> {
+        self.oldest = None;
+        let bytes = std::mem::take(&mut self.bytes);
+        let records = std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records));
+        Batch { records, bytes }
+    }
+
+    /// Takes the current request if it is full, or due at `now`, or `flush` is set.
+    pub fn take_ready(
+        &mut self,
+        now: Instant,
+        max_buffered_time: Duration,
+        flush: bool,
+    ) -> Option<Batch<T>> {
+        if self.records.is_empty() {
+            return None;
+        }
+        let due = self.due_at(max_buffered_time).is_some_and(|d| d <= now);
+        (flush || due || self.is_full()).then(|| self.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn closes_on_count_and_bytes() {
+        let t = Instant::now();
+        let mut c = Collector::new(3, 100);
+        assert!(c.push(1, 10, t).is_none());
+        assert!(c.push(2, 10, t).is_none());
+        assert!(c.push(3, 10, t).is_none());
+        assert!(c.is_full());
+        let b = c.push(4, 10, t).expect("fourth closes the first request");
+        assert_eq!(b.records, vec![1, 2, 3]);
+        assert_eq!(b.bytes, 30);
+        let b = c.push(5, 95, t).expect("bytes overflow closes");
+        assert_eq!(b.records, vec![4]);
+        assert!(c.push(6, 5, t).is_none(), "exactly at the byte limit fits");
+        assert!(c.is_full());
+    }
+
+    #[test]
+    fn due_by_age_or_flush() {
+        let t = Instant::now();
+        let mbt = Duration::from_millis(100);
+        let mut c = Collector::new(500, 1 << 20);
+        assert!(c.take_ready(t, mbt, true).is_none());
+        c.push("a", 1, t + Duration::from_millis(5));
+        c.push("b", 1, t);
+        assert_eq!(c.due_at(mbt), Some(t + mbt));
+        assert!(c
+            .take_ready(t + Duration::from_millis(99), mbt, false)
+            .is_none());
+        assert!(c.take_ready(t + mbt, mbt, false).is_some());
+        c.push("c", 1, t);
+        assert!(c.take_ready(t, mbt, true).is_some());
+        assert!(c.is_empty());
+    }
+
+    proptest! {
+        /// No request over the limits, none lost or duplicated, order kept, every record sent
+        /// by its deadline when the caller polls at each due time.
+        #[test]
+        fn packs_within_limits(
+            sizes in proptest::collection::vec(0usize..=1_000_000, 0..2_000),
+            gaps in proptest::collection::vec(0u64..50, 0..2_000),
+            max_records in 1usize..=500,
+            max_bytes in 1_000_000usize..=10 * 1024 * 1024,
+        ) {
+            let mbt = Duration::from_millis(100);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut c = Collector::new(max_records, max_bytes);
+            let mut out: Vec<(usize, Instant)> = Vec::new();
+            let mut arrivals = Vec::new();
+            let mut check = |b: Batch<usize>, at: Instant, out: &mut Vec<(usize, Instant)>| {
+                prop_assert!(!b.records.is_empty());
+                prop_assert!(b.records.len() <= max_records);
+                prop_assert!(b.bytes <= max_bytes);
+                prop_assert_eq!(b.bytes, b.records.iter().map(|&i| sizes[i]).sum::<usize>());
+                out.extend(b.records.into_iter().map(|i| (i, at)));
+                Ok(())
+            };
+            for (i, &size) in sizes.iter().enumerate() {
+                let next = now + Duration::from_millis(gaps.get(i).copied().unwrap_or(1));
+                // poll at the due time if it falls before the next arrival
+                if let Some(due) = c.due_at(mbt) {
+                    if due <= next {
+                        let b = c.take_ready(due, mbt, false).unwrap();
+                        check(b, due, &mut out)?;
+                    }
+                }
+                now = next;
+                arrivals.push(now);
+                if let Some(b) = c.push(i, size, now) {
+                    check(b, now, &mut out)?;
+                }
+                if let Some(b) = c.take_ready(now, mbt, false) {
+                    check(b, now, &mut out)?;
+                }
+            }
+            if let Some(b) = c.take_ready(now, mbt, true) {
+                check(b, now, &mut out)?;
+            }
+            let ids: Vec<usize> = out.iter().map(|(i, _)| *i).collect();
+            prop_assert_eq!(ids, (0..sizes.len()).collect::<Vec<_>>());
+            for (i, at) in &out {
+                prop_assert!(*at <= arrivals[*i] + mbt, "record {} sent late", i);
+            }
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Producer configuration: a typed builder with `DEFAULT_*` constants, validated in `build()`.
+
+use crate::error::ConfigError;
+use std::time::Duration;
+
+/// Default: aggregate user records into KPL aggregates.
+pub const DEFAULT_AGGREGATION: bool = true;
+/// Default largest aggregate, counted as Kinesis counts a record (data + partition key): 50 KiB.
+pub const DEFAULT_AGGREGATION_MAX_SIZE: usize = 51_200;
+/// Default most user records in one aggregate.
+pub const DEFAULT_AGGREGATION_MAX_COUNT: usize = 4_294_967_295;
+/// Records per PutRecords request (the API limit).
+pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = 500;
+/// Most records per PutRecords request the API allows.
+pub const MAX_RECORDS_PER_REQUEST_LIMIT: usize = 500;
+/// Default request byte limit (data + partition keys): 5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
+/// Largest request byte limit that may be configured: 10 MiB.
+pub const MAX_REQUEST_BYTES_LIMIT: usize = 10 * 1024 * 1024;
+/// Default longest time a record waits to be batched.
+pub const DEFAULT_MAX_BUFFERED_TIME: Duration = Duration::from_millis(100);
+/// Default time-to-live of a record, retries included.
+pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(30);
+/// Default share of each shard's limits the producer may use, in percent.
+pub const DEFAULT_RATE_LIMIT_PERCENT: u32 = 100;
+/// Default most PutRecords requests in flight at once.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// Default timeout of one PutRecords request.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+/// Default most user records held by the producer (queued, in flight or awaiting retry).
+pub const DEFAULT_MAX_BUFFERED_RECORDS: usize = 200_000;
+/// Default most bytes (data + partition keys) held by the producer.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Default period of shard map refreshes.
+pub const DEFAULT_SHARD_MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Default time `shutdown()` waits for records before failing the rest.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default record size limit when the service does not report `MaxRecordSizeInKiB`: 1 MiB.
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 1024 * 1024;
+/// Per-shard write limit in records per second (API).
+pub const SHARD_RECORDS_PER_SEC: u64 = 1_000;
+/// Per-shard write limit in bytes per second (API), data + partition key.
+pub const SHARD_BYTES_PER_SEC: u64 = 1024 * 1024;
+
+/// The stream to write to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamRef {
+    /// By name (any non-empty string; compatible services accept other forms, such as paths).
+    Name(String),
+    /// By ARN.
+    Arn(String),
+}
+
+impl StreamRef {
+    /// The name or ARN as given.
+    pub fn as_str(&self) -> &str {
+        match self {
+            StreamRef::Name(s) | StreamRef::Arn(s) => s,
+        }
+    }
+}
+
+/// Order guarantee for records of the same partition key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Ordering {
+    /// No guarantee (like PutRecords): highest throughput.
+    #[default]
+    None,
+    /// Records with the same partition key are stored in `add` order, even under partial
+    /// failures: at most one request in flight per shard, one Kinesis record (an aggregate, with
+    /// aggregation on) per shard per request, and failed records retried before anything newer
+    /// of their shard. Without aggregation this sends one record per shard per round trip: turn
+    /// aggregation on for throughput.
+    PerShard,
+}
+
+/// Which labels metrics carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MetricsGranularity {
+    /// No labels.
+    Global,
+    /// A `stream` label.
+    #[default]
+    Stream,
+    /// `stream` and `shard` labels on per-shard metrics.
+    Shard,
+}
+
+/// Every setting of a producer. Build one with [`crate::Producer::builder`].
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// The stream.
+    pub stream: Option<StreamRef>,
+    /// Aggregate user records into KPL aggregates.
+    pub aggregation: bool,
+    /// Largest aggregate (data + outer partition key), bytes.
+    pub aggregation_max_size: usize,
+    /// Most user records per aggregate.
+    pub aggregation_max_count: usize,
+    /// Most Kinesis records per request (1..=500).
+    pub max_records_per_request: usize,
+    /// Most bytes (data + partition keys) per request (up to 10 MiB).
+    pub max_request_bytes: usize,
+    /// Longest a record waits for a batch before it is sent.
+    pub max_buffered_time: Duration,
+    /// Time-to-live of a record, from `add` to the last retry.
+    pub record_ttl: Duration,
+    /// Share of each shard's limits to use, percent (1..=100).
+    pub rate_limit_percent: u32,
+    /// Rate-limit per shard at all. Turn off only where the service enforces no shard limits
+    /// (CPU benchmarks against a simulator with limits off).
+    pub rate_limiting: bool,
+    /// Most requests in flight at once.
+    pub max_in_flight: usize,
+    /// Timeout of one request.
+    pub request_timeout: Duration,
+    /// Most user records held.
+    pub max_buffered_records: usize,
+    /// Most bytes held (data + partition keys).
+    pub max_buffered_bytes: usize,
+    /// Ordering guarantee.
+    pub ordering: Ordering,
+    /// Period of shard map refreshes.
+    pub shard_map_refresh_interval: Duration,
+    /// Labels on metrics.
+    pub metrics_granularity: MetricsGranularity,
+    /// How long `shutdown()` (and dropping the last handle) waits before failing what is left.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            stream: None,
+            aggregation: DEFAULT_AGGREGATION,
+            aggregation_max_size: DEFAULT_AGGREGATION_MAX_SIZE,
+            aggregation_max_count: DEFAULT_AGGREGATION_MAX_COUNT,
+            max_records_per_request: DEFAULT_MAX_RECORDS_PER_REQUEST,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_buffered_time: DEFAULT_MAX_BUFFERED_TIME,
+            record_ttl: DEFAULT_RECORD_TTL,
+            rate_limit_percent: DEFAULT_RATE_LIMIT_PERCENT,
+            rate_limiting: true,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_buffered_records: DEFAULT_MAX_BUFFERED_RECORDS,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            ordering: Ordering::None,
+            shard_map_refresh_interval: DEFAULT_SHARD_MAP_REFRESH_INTERVAL,
+            metrics_granularity: MetricsGranularity::Stream,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+fn out_of_range(field: &'static str, value: impl ToString, limit: &'static str) -> ConfigError {
+    ConfigError::OutOfRange {
+        field,
+        value: value.to_string(),
+        limit,
+    }
+}
+
+impl ProducerConfig {
+    /// Checks every setting that does not depend on the stream.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match &self.stream {
+            Some(s) if !s.as_str().is_empty() => {}
+            _ => return Err(ConfigError::MissingStream),
+        }
+        if self.aggregation_max_size == 0 {
+            return Err(out_of_range(
+                "aggregation_max_size",
+                0,
+                "must be at least 1 byte",
+            ));
+        }
+        if self.aggregation_max_count == 0 {
+            return Err(out_of_range(
+                "aggregation_max_count",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if !(1..=MAX_RECORDS_PER_REQUEST_LIMIT).contains(&self.max_records_per_request) {
+            return Err(out_of_range(
+                "max_records_per_request",
+                self.max_records_per_request,
+                "1 to 500 (PutRecords limit)",
+            ));
+        }
+        if !(1..=MAX_REQUEST_BYTES_LIMIT).contains(&self.max_request_bytes) {
+            return Err(out_of_range(
+                "max_request_bytes",
+                self.max_request_bytes,
+                "1 to 10485760 bytes (10 MiB)",
+            ));
+        }
+        if self.aggregation && self.aggregation_max_size > self.max_request_bytes {
+            return Err(out_of_range(
+                "aggregation_max_size",
+                self.aggregation_max_size,
+                "must not exceed max_request_bytes",
+            ));
+        }
+        if self.record_ttl.is_zero() {
+            return Err(out_of_range("record_ttl", "0s", "must be more than zero"));
+        }
+        if !(1..=100).contains(&self.rate_limit_percent) {
+            return Err(out_of_range(
+                "rate_limit_percent",
+                self.rate_limit_percent,
+                "1 to 100 percent of the shard limits",
+            ));
+        }
+        if self.max_in_flight == 0 {
+            return Err(out_of_range("max_in_flight", 0, "must be at least 1"));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(out_of_range(
+                "request_timeout",
+                "0s",
+                "must be more than zero",
+            ));
+        }
+        if self.max_buffered_records == 0 {
+            return Err(out_of_range(
+                "max_buffered_records",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.max_buffered_bytes == 0 {
+            return Err(out_of_range("max_buffered_bytes", 0, "must be at least 1"));
+        }
+        if self.shard_map_refresh_interval.is_zero() {
+            return Err(out_of_range(
+                "shard_map_refresh_interval",
+                "0s",
+                "must be more than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings that depend on the stream's record size limit.
+    pub fn validate_for_stream(&self, max_record_size: usize) -> Result<(), ConfigError> {
+        if self.aggregation && self.aggregation_max_size > max_record_size {
+            return Err(ConfigError::OutOfRange {
+                field: "aggregation_max_size",
+                value: self.aggregation_max_size.to_string(),
+                limit: "must not exceed the stream's record size limit (MaxRecordSizeInKiB)",
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ProducerConfig {
+        ProducerConfig {
+            stream: Some(StreamRef::Name("s".into())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(valid().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases: Vec<(&str, ProducerConfig)> = vec![
+            ("stream", ProducerConfig::default()),
+            (
+                "max_in_flight",
+                ProducerConfig {
+                    max_in_flight: 0,
+                    ..valid()
+                },
+            ),
+            (
+                "record_ttl",
+                ProducerConfig {
+                    record_ttl: Duration::ZERO,
+                    ..valid()
+                },
+            ),
+            (
+                "max_request_bytes",
+                ProducerConfig {
+                    max_request_bytes: MAX_REQUEST_BYTES_LIMIT + 1,
+                    ..valid()
+                },
+            ),
+            (
+                "max_records_per_request",
+                ProducerConfig {
+                    max_records_per_request: 501,
+                    ..valid()
+                },
+            ),
+            (
+                "rate_limit_percent",
+                ProducerConfig {
+                    rate_limit_percent: 0,
+                    ..valid()
+                },
+            ),
+            (
+                "rate_limit_percent",
+                ProducerConfig {
+                    rate_limit_percent: 101,
+                    ..valid()
+                },
+            ),
+            (
+                "max_buffered_records",
+                ProducerConfig {
+                    max_buffered_records: 0,
+                    ..valid()
+                },
+            ),
+        ];
+        for (field, config) in cases {
+            let err = config.validate().expect_err(field).to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+
+    #[test]
+    fn aggregate_size_bounded_by_record_limit() {
+        let c = ProducerConfig {
+            aggregation_max_size: 2 << 20,
+            ..valid()
+        };
+        let err = c.validate_for_stream(1 << 20).unwrap_err().to_string();
+        assert!(err.contains("aggregation_max_size"), "{err}");
+        assert_eq!(c.validate_for_stream(2 << 20), Ok(()));
+    }
+}

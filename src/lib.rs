@@ -1,0 +1,58 @@
+//! # kinesis-producer
+//!
+//! An in-process producer for Amazon Kinesis Data Streams (and Kinesis-compatible services):
+//! shard-aware batching, exact per-shard rate limiting, retries with back-off until a record's
+//! TTL, bounded memory with backpressure, optional per-shard ordering and KPL aggregation that
+//! KCL consumers read.
+//!
+//! ```no_run
+//! use kinesis_producer::{Producer, UserRecord};
+//! use std::time::Duration;
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let sdk_config = aws_config::load_from_env().await;
+//! let producer = Producer::builder()
+//!     .stream_name("orders")
+//!     .max_buffered_time(Duration::from_millis(100))
+//!     .build(&sdk_config)
+//!     .await?;
+//! let pending = producer.add(UserRecord::new("user-42", "payload")).await?;
+//! let put = pending.await?;
+//! println!("stored in {} as {}", put.shard_id, put.sequence_number);
+//! producer.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! See `producer` for backpressure, cancellation and shutdown, and `engine` for the pipeline.
+
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms)]
+
+pub mod aggregation;
+mod buffer;
+pub mod collector;
+pub mod config;
+mod engine;
+pub mod error;
+pub mod hash_key;
+pub mod kinesis;
+pub mod limiter;
+pub mod metrics;
+mod producer;
+pub mod record;
+pub mod retry;
+pub mod shard_map;
+mod stats;
+
+// AGG-REEXPORT
+pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
+pub use engine::FailureCallback;
+pub use error::{AddError, BuildError, ConfigError, RecordError, ValidationError};
+pub use hash_key::HashKey;
+pub use kinesis::{Kinesis, SdkKinesis};
+pub use producer::{
+    PendingRecord, Producer, ProducerBuilder, ProducerClosed, MAX_PARTITION_KEY_CHARS,
+};
+pub use record::{Attempt, PutOutcome, UserRecord};
+pub use stats::{ShardStats, Stats};

@@ -1,0 +1,73 @@
+//! What goes in (`UserRecord`) and what comes out (`PutOutcome`, `Attempt`).
+
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One record as the user hands it to the producer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserRecord {
+    /// Partition key: 1 to 256 Unicode characters. Decides the shard unless an explicit hash key
+    /// is given.
+    pub partition_key: String,
+    /// Optional explicit hash key: a decimal integer from 0 to 2^128 - 1 that overrides the
+    /// partition key's hash for shard selection.
+    pub explicit_hash_key: Option<String>,
+    /// The payload. Empty data is allowed.
+    pub data: Bytes,
+}
+
+impl UserRecord {
+    /// A record with a partition key and a payload.
+    pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> Self {
+        UserRecord {
+            partition_key: partition_key.into(),
+            explicit_hash_key: None,
+            data: data.into(),
+        }
+    }
+
+    /// Sets the explicit hash key (decimal, 0 to 2^128 - 1).
+    pub fn with_explicit_hash_key(mut self, explicit_hash_key: impl Into<String>) -> Self {
+        self.explicit_hash_key = Some(explicit_hash_key.into());
+        self
+    }
+
+    /// Size as Kinesis counts it against limits: data bytes plus partition key bytes.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+}
+
+/// One PutRecords attempt that carried a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// When the request was sent.
+    pub start: Instant,
+    /// How long until the response (or the failure) arrived.
+    pub duration: Duration,
+    /// The error code of this attempt, `None` if it succeeded.
+    pub error_code: Option<Arc<str>>,
+    /// The service's (or the client's) message for the error.
+    pub error_message: Option<Arc<str>>,
+}
+
+impl Attempt {
+    /// Whether this attempt stored the record.
+    pub fn succeeded(&self) -> bool {
+        self.error_code.is_none()
+    }
+}
+
+/// A record's successful result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PutOutcome {
+    /// The shard that stored the record (or the aggregate that holds it).
+    pub shard_id: Arc<str>,
+    /// The sequence number of the Kinesis record that holds it.
+    pub sequence_number: Arc<str>,
+    /// Position inside the aggregate, if the record was sent aggregated.
+    pub sub_sequence_number: Option<u64>,
+    /// Every attempt, in order; the last one succeeded.
+    pub attempts: Vec<Attempt>,
+}

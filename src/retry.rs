@@ -1,0 +1,229 @@
+//! Retry decisions: which errors are worth retrying, the back-off schedule, and the TTL.
+//!
+//! The decision lives here, apart from the mechanism in the engine (which re-enqueues failed
+//! records at the front of their shard's queue). Pure: no clock, no I/O.
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use std::time::{Duration, Instant};
+
+/// What to do with a record after an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again after a back-off. `throttled` says the shard's rate should back off too.
+    Retry {
+        /// The service said the shard (or account) is over its limit.
+        throttled: bool,
+    },
+    /// Fail the record now with the error.
+    Fail,
+}
+
+/// Error codes that mean "over a limit": retried, and the rate backs off.
+const THROTTLING: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "LimitExceededException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "SlowDown",
+    "KMSThrottlingException",
+];
+
+/// Error codes that retrying cannot fix.
+const PERMANENT: &[&str] = &[
+    "ResourceNotFoundException",
+    "ResourceInUseException",
+    "AccessDeniedException",
+    "ValidationException",
+    "InvalidArgumentException",
+    "SerializationException",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "IncompleteSignature",
+    "MissingAuthenticationToken",
+    "KMSDisabledException",
+    "KMSInvalidStateException",
+    "KMSAccessDeniedException",
+    "KMSNotFoundException",
+    "KMSOptInRequired",
+];
+
+/// Decision for one record's `ErrorCode` inside a PutRecords response.
+///
+/// `ProvisionedThroughputExceededException` and `InternalFailure` are retried; so are codes this
+/// version does not know (losing a record to an unknown code is worse than retrying it until its
+/// TTL). Validation, missing stream, access and KMS errors (other than KMS throttling) fail.
+pub fn classify_code(code: &str) -> Decision {
+    if THROTTLING.contains(&code) {
+        Decision::Retry { throttled: true }
+    } else if PERMANENT.contains(&code) {
+        Decision::Fail
+    } else {
+        Decision::Retry { throttled: false }
+    }
+}
+
+/// Decision for a whole request that failed: by code when the service sent one, else by HTTP
+/// status (5xx retried, other 4xx failed); no response at all (timeout, connection) is retried.
+pub fn classify_request(code: Option<&str>, status: Option<u16>) -> Decision {
+    if let Some(code) = code.filter(|c| !c.is_empty()) {
+        let by_code = classify_code(code);
+        if by_code == Decision::Fail || THROTTLING.contains(&code) {
+            return by_code;
+        }
+    }
+    match status {
+        Some(429) => Decision::Retry { throttled: true },
+        Some(s) if (400..500).contains(&s) && code != Some("ExpiredTokenException") => {
+            Decision::Fail
+        }
+        _ => Decision::Retry { throttled: false },
+    }
+}
+
+/// First back-off delay.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest back-off delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Exponential back-off with jitter (from `backon`), restarted after a success.
+#[derive(Debug)]
+pub struct Backoff {
+    inner: ExponentialBackoff,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            inner: Self::builder().build(),
+        }
+    }
+}
+
+impl Backoff {
+    fn builder() -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(BACKOFF_MIN)
+            .with_max_delay(BACKOFF_MAX)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        self.inner.next().unwrap_or(BACKOFF_MAX)
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        self.inner = Self::builder().build();
+    }
+}
+
+/// `start + d`, saturating far in the future instead of overflowing (a huge TTL never wraps).
+pub fn saturating_add(start: Instant, d: Duration) -> Instant {
+    start.checked_add(d).unwrap_or_else(|| {
+        // About 30 years: later than any process lives, and representable on every platform.
+        let mut far = Duration::from_secs(1 << 30);
+        loop {
+            if let Some(t) = start.checked_add(far) {
+                return t;
+            }
+            far /= 2;
+        }
+    })
+}
+
+/// A record's deadline: when it was added plus its TTL.
+pub fn deadline(added: Instant, ttl: Duration) -> Instant {
+    saturating_add(added, ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_error_codes() {
+        let table = [
+            (
+                "ProvisionedThroughputExceededException",
+                Decision::Retry { throttled: true },
+            ),
+            ("InternalFailure", Decision::Retry { throttled: false }),
+            (
+                "KMSThrottlingException",
+                Decision::Retry { throttled: true },
+            ),
+            ("ResourceNotFoundException", Decision::Fail),
+            ("AccessDeniedException", Decision::Fail),
+            ("ValidationException", Decision::Fail),
+            ("InvalidArgumentException", Decision::Fail),
+            ("KMSDisabledException", Decision::Fail),
+            ("KMSInvalidStateException", Decision::Fail),
+            ("KMSAccessDeniedException", Decision::Fail),
+            ("KMSNotFoundException", Decision::Fail),
+            ("KMSOptInRequired", Decision::Fail),
+            ("SomethingNew", Decision::Retry { throttled: false }),
+        ];
+        for (code, want) in table {
+            assert_eq!(classify_code(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn request_errors() {
+        let retry = Decision::Retry { throttled: false };
+        let throttled = Decision::Retry { throttled: true };
+        let table = [
+            (None, None, retry), // timeout, connection refused
+            (None, Some(500), retry),
+            (None, Some(503), retry),
+            (Some("InternalFailure"), Some(500), retry),
+            (Some("ServiceUnavailable"), Some(503), retry),
+            (None, Some(429), throttled),
+            (Some("LimitExceededException"), Some(400), throttled),
+            (Some("ThrottlingException"), Some(400), throttled),
+            (Some("ResourceNotFoundException"), Some(400), Decision::Fail),
+            (Some("AccessDeniedException"), Some(400), Decision::Fail),
+            (Some("ValidationException"), Some(400), Decision::Fail),
+            (Some("KMSDisabledException"), Some(400), Decision::Fail),
+            (Some("ExpiredTokenException"), Some(400), retry),
+            (None, Some(413), Decision::Fail),
+        ];
+        for (code, status, want) in table {
+            assert_eq!(classify_request(code, status), want, "{code:?} {status:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let first = b.next_delay();
+        assert!(
+            first >= BACKOFF_MIN && first <= BACKOFF_MIN * 2,
+            "{first:?}"
+        );
+        let mut last = first;
+        for _ in 0..20 {
+            last = b.next_delay();
+            assert!(last <= BACKOFF_MAX * 2, "{last:?}");
+        }
+        assert!(last >= BACKOFF_MAX, "{last:?} reaches the cap");
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN * 2);
+    }
+
+    #[test]
+    fn ttl_saturates() {
+        let now = Instant::now();
+        let d = deadline(now, Duration::MAX);
+        assert!(d > now + Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(
+            deadline(now, Duration::from_secs(30)),
+            now + Duration::from_secs(30)
+        );
+    }
+}

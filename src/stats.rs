@@ -1,0 +1,129 @@
+//! `Producer::stats()`: counters kept by the engine, read by any handle.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A snapshot of a producer's counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// User records accepted.
+    pub records_received: u64,
+    /// User records stored.
+    pub records_put: u64,
+    /// User records that finally failed (expired, rejected or shut down).
+    pub records_failed: u64,
+    /// Of the failed, those whose TTL expired.
+    pub records_expired: u64,
+    /// User records held now (queued, in flight or awaiting retry).
+    pub records_pending: u64,
+    /// Bytes (data + partition keys) held now.
+    pub bytes_pending: u64,
+    /// Kinesis records stored (an aggregate counts once).
+    pub kinesis_records_put: u64,
+    /// Bytes stored, as the service counts them (data + partition key of Kinesis records).
+    pub bytes_put: u64,
+    /// PutRecords requests completed (with any outcome).
+    pub requests: u64,
+    /// Kinesis records throttled by the service.
+    pub throttles: u64,
+    /// User record retries.
+    pub retries: u64,
+    /// Sub-records re-sent after landing outside their shard's range.
+    pub stranded_resent: u64,
+    /// Shard map refreshes.
+    pub shard_map_refreshes: u64,
+    /// Time since the producer started.
+    pub uptime: Duration,
+    /// Per-shard counters (as of the engine's last publication, at most a second old).
+    pub shards: Vec<ShardStats>,
+}
+
+/// Per-shard counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardStats {
+    /// The shard id.
+    pub shard_id: String,
+    /// Kinesis records stored on it.
+    pub kinesis_records_put: u64,
+    /// Bytes stored on it (data + partition key).
+    pub bytes_put: u64,
+    /// Kinesis records the service throttled on it.
+    pub throttles: u64,
+    /// Current rate as a fraction of the configured limit (below 1 after throttling).
+    pub rate_factor: f64,
+}
+
+impl ShardStats {
+    /// Average use of the shard's write limits over `window`: the larger of records/s over
+    /// 1,000 and bytes/s over 1 MiB.
+    pub fn utilization(&self, window: Duration) -> f64 {
+        let secs = window.as_secs_f64().max(1e-9);
+        let records =
+            self.kinesis_records_put as f64 / secs / crate::config::SHARD_RECORDS_PER_SEC as f64;
+        let bytes = self.bytes_put as f64 / secs / crate::config::SHARD_BYTES_PER_SEC as f64;
+        records.max(bytes)
+    }
+}
+
+/// Counters shared between the engine (the only writer) and the handles.
+#[derive(Debug)]
+pub(crate) struct SharedStats {
+    pub started: Instant,
+    pub records_received: AtomicU64,
+    pub records_put: AtomicU64,
+    pub records_failed: AtomicU64,
+    pub records_expired: AtomicU64,
+    pub kinesis_records_put: AtomicU64,
+    pub bytes_put: AtomicU64,
+    pub requests: AtomicU64,
+    pub throttles: AtomicU64,
+    pub retries: AtomicU64,
+    pub stranded_resent: AtomicU64,
+    pub shard_map_refreshes: AtomicU64,
+    pub shards: Mutex<Vec<ShardStats>>,
+}
+
+impl SharedStats {
+    pub fn new(started: Instant) -> Arc<Self> {
+        Arc::new(SharedStats {
+            started,
+            records_received: AtomicU64::new(0),
+            records_put: AtomicU64::new(0),
+            records_failed: AtomicU64::new(0),
+            records_expired: AtomicU64::new(0),
+            kinesis_records_put: AtomicU64::new(0),
+            bytes_put: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            throttles: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            stranded_resent: AtomicU64::new(0),
+            shard_map_refreshes: AtomicU64::new(0),
+            shards: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn snapshot(&self, records_pending: u64, bytes_pending: u64) -> Stats {
+        Stats {
+            records_received: self.records_received.load(Relaxed),
+            records_put: self.records_put.load(Relaxed),
+            records_failed: self.records_failed.load(Relaxed),
+            records_expired: self.records_expired.load(Relaxed),
+            records_pending,
+            bytes_pending,
+            kinesis_records_put: self.kinesis_records_put.load(Relaxed),
+            bytes_put: self.bytes_put.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            throttles: self.throttles.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            stranded_resent: self.stranded_resent.load(Relaxed),
+            shard_map_refreshes: self.shard_map_refreshes.load(Relaxed),
+            uptime: self.started.elapsed(),
+            shards: self.shards.lock().map(|s| s.clone()).unwrap_or_default(),
+        }
+    }
+}
