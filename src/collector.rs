@@ -156,7 +156,7 @@ mod tests {
             let mut c = Collector::new(max_records, max_bytes);
             let mut out: Vec<(usize, Instant)> = Vec::new();
             let mut arrivals = Vec::new();
-            let mut check = |b: Batch<usize>, at: Instant, out: &mut Vec<(usize, Instant)>| {
+            let check = |b: Batch<usize>, at: Instant, out: &mut Vec<(usize, Instant)>| {
                 prop_assert!(!b.records.is_empty());
                 prop_assert!(b.records.len() <= max_records);
                 prop_assert!(b.bytes <= max_bytes);

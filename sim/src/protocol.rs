@@ -297,9 +297,14 @@ struct PutRecordsEntryOut {
     error_message: Option<String>,
 }
 
-/// Validates and decodes one record; `at` is the member path for messages
-/// (`records.3.member.` or empty for PutRecord).
-fn decode_record(reg: &Registry, r: RecordIn, at: &str) -> Result<(PutEntry, usize), Reply> {
+/// Validates and decodes one record; `index` is its 0-based position in PutRecords (`None`
+/// for PutRecord), used only to build the member path of an error message.
+fn decode_record(
+    reg: &Registry,
+    r: RecordIn,
+    index: Option<usize>,
+) -> Result<(PutEntry, usize), Reply> {
+    let at = MemberPath(index);
     let data = r.data.ok_or_else(|| {
         ApiError::validation(format!(
             "Value null at '{at}data' failed to satisfy constraint: Member must not be null"
@@ -360,6 +365,19 @@ fn decode_record(reg: &Registry, r: RecordIn, at: &str) -> Result<(PutEntry, usi
     ))
 }
 
+/// Lazily formatted member path prefix: `records.N.member.` or nothing.
+#[derive(Clone, Copy)]
+struct MemberPath(Option<usize>);
+
+impl std::fmt::Display for MemberPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "records.{}.member.", i + 1),
+            None => Ok(()),
+        }
+    }
+}
+
 fn check_record_size(stream: &Stream, e: &PutEntry) -> Result<(), Reply> {
     let max = stream.max_record_size_kib as usize * 1024;
     if e.data.len() > max {
@@ -404,7 +422,7 @@ async fn put_records(reg: &Arc<Registry>, body: &[u8]) -> Res {
     let mut total = 0u64;
     let mut deferred: Option<Reply> = None;
     for (i, r) in records.into_iter().enumerate() {
-        match decode_record(reg, r, &format!("records.{}.member.", i + 1)) {
+        match decode_record(reg, r, Some(i)) {
             Ok((e, size)) => {
                 total += size as u64;
                 entries.push(e);
@@ -479,7 +497,7 @@ async fn put_records(reg: &Arc<Registry>, body: &[u8]) -> Res {
 async fn put_record(reg: &Arc<Registry>, body: &[u8]) -> Res {
     let req: RecordIn = parse(body)?;
     let (name, arn) = (req.stream_name.clone(), req.stream_arn.clone());
-    let (entry, size) = match decode_record(reg, req, "") {
+    let (entry, size) = match decode_record(reg, req, None) {
         Ok(x) => x,
         Err(Reply::Err(e)) if e.kind == "InvalidArgumentException" => {
             resolve(reg, name.as_deref(), arn.as_deref())?;
