@@ -1119,12 +1119,16 @@ mod tests {
 
     impl Harness {
         fn new(n: u32, config: ProducerConfig) -> Self {
+            Self::with_prediction(n, config, true)
+        }
+
+        fn with_prediction(n: u32, config: ProducerConfig, predict: bool) -> Self {
             let now = Instant::now();
             let gauge = Arc::new(BufferGauge::new(
                 config.max_buffered_records,
                 config.max_buffered_bytes,
             ));
-            let settings = EngineSettings::new(&config, StreamRef::Name("s".into()), true);
+            let settings = EngineSettings::new(&config, StreamRef::Name("s".into()), predict);
             let engine = Engine::new(
                 settings,
                 ShardMap::new(shards(n)),
@@ -1840,5 +1844,41 @@ mod tests {
             assert_eq!(out.attempts.len(), 2);
             assert_eq!(out.attempts[0].error_code.as_deref(), Some(STRANDED_CODE));
         }
+    }
+
+    #[test]
+    fn auto_distribution_limits_stream_wide_and_never_predicts() {
+        // AUTO: the service ignores keys, so one stream-wide limiter of 4 shards' budget.
+        let cfg = ProducerConfig {
+            aggregation: true,
+            ..config()
+        };
+        let mut h = Harness::with_prediction(4, cfg, false);
+        assert_eq!(h.engine.shards.len(), 1);
+        assert!(!h.engine.s.aggregation, "aggregation is off under AUTO");
+        let mut rxs: Vec<Rx> = (0..5_000)
+            .map(|i| h.add_to(0, 4, &format!("k{i}"), "x"))
+            .collect();
+        h.advance(Duration::from_millis(100));
+        let sent = h.poll();
+        let total: usize = sent.iter().map(|(_, r)| r.records.len()).sum();
+        assert_eq!(
+            total, 4_000,
+            "four shards' one-second burst, whatever the keys"
+        );
+        for (id, req) in &sent {
+            // stored anywhere: no misprediction
+            let results = req
+                .records
+                .iter()
+                .map(|_| PutRecordsResultEntry::Ok {
+                    shard_id: "shardId-000000000003".into(),
+                    sequence_number: "1".into(),
+                })
+                .collect();
+            h.engine.on_response(*id, Ok(results), h.now);
+        }
+        assert!(outcome(&mut rxs[0]).is_ok());
+        assert!(!h.poll_refresh(), "no refresh: nothing is predicted");
     }
 }
