@@ -1881,4 +1881,61 @@ mod tests {
         assert!(outcome(&mut rxs[0]).is_ok());
         assert!(!h.poll_refresh(), "no refresh: nothing is predicted");
     }
+
+    #[test]
+    fn metrics_reach_the_facade_with_labels() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let cfg = ProducerConfig {
+                metrics_granularity: crate::config::MetricsGranularity::Shard,
+                ..config()
+            };
+            let mut h = Harness::new(1, cfg);
+            let _a = h.add_to(0, 1, "a", "1");
+            let _b = h.add_to(0, 1, "b", "2");
+            h.advance(Duration::from_millis(100));
+            let (id, req) = h.poll().pop().unwrap();
+            h.engine.on_response(
+                id,
+                Ok(vec![
+                    ok_entry(&req.records[0], 1),
+                    err_entry("InternalFailure"),
+                ]),
+                h.now,
+            );
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let counter = |name: &str, label: Option<(&str, &str)>| -> u64 {
+            snapshot
+                .iter()
+                .filter(|(k, ..)| k.key().name() == name)
+                .filter(|(k, ..)| {
+                    let labels: Vec<_> = k
+                        .key()
+                        .labels()
+                        .map(|l| (l.key().to_string(), l.value().to_string()))
+                        .collect();
+                    labels.iter().any(|(k, v)| k == "stream" && v == "s")
+                        && label
+                            .is_none_or(|(lk, lv)| labels.iter().any(|(k, v)| k == lk && v == lv))
+                })
+                .map(|(_, _, _, v)| match v {
+                    DebugValue::Counter(c) => *c,
+                    _ => 0,
+                })
+                .sum()
+        };
+        use crate::metrics::*;
+        assert_eq!(counter(USER_RECORDS_RECEIVED, None), 2);
+        assert_eq!(counter(USER_RECORDS_PUT, None), 1);
+        assert_eq!(counter(REQUESTS, None), 1);
+        assert_eq!(counter(RETRIES, None), 1);
+        assert_eq!(counter(ERRORS, Some(("code", "InternalFailure"))), 1);
+        assert_eq!(
+            counter(KINESIS_RECORDS_PUT, Some(("shard", "shardId-000000000000"))),
+            1
+        );
+    }
 }

@@ -443,3 +443,34 @@ async fn build_against_an_unreachable_endpoint_fails_fast() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn build_without_credentials_fails_clearly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let conf = aws_sdk_kinesis::Config::builder()
+        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
+        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
+        .endpoint_url(format!("http://127.0.0.1:{port}"))
+        .build();
+    let client = aws_sdk_kinesis::Client::from_conf(conf);
+    let err = builder().client(client).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(
+            err,
+            BuildError::Kinesis {
+                operation: "DescribeStreamSummary",
+                ..
+            }
+        ),
+        "{text}"
+    );
+    assert!(
+        text.to_lowercase().contains("credentials") || text.contains("identity"),
+        "{text}"
+    );
+}
