@@ -513,6 +513,8 @@ impl Engine {
             self.publish_stats(now);
         }
         if self.shutdown.is_some() && self.held == 0 {
+            // Publish before answering, so `stats()` after `shutdown()` is final.
+            self.publish_stats(now);
             for reply in self
                 .shutdown
                 .as_mut()
@@ -521,7 +523,6 @@ impl Engine {
             {
                 let _ = reply.send(());
             }
-            self.publish_stats(now);
         }
     }
 
@@ -622,12 +623,12 @@ impl Engine {
         }
     }
 
-    fn dispatch(&mut self, batch: Batch<KRecord>, now: Instant) -> Action {
+    fn dispatch(&mut self, mut batch: Batch<KRecord>, now: Instant) -> Action {
         self.next_request += 1;
         let id = self.next_request;
         let mut user_records = 0usize;
         let mut wire = Vec::with_capacity(batch.records.len());
-        for r in &batch.records {
+        for r in &mut batch.records {
             user_records += r.entries.len();
             self.metrics
                 .buffering_time
@@ -635,7 +636,16 @@ impl Engine {
             self.metrics
                 .per_kinesis_record
                 .record(r.entries.len() as f64);
-            wire.push(r.wire.clone());
+            // The wire form is only read here (a retry rebuilds it from the entries): move it
+            // out instead of copying every partition key.
+            wire.push(std::mem::replace(
+                &mut r.wire,
+                PutRecordsEntry {
+                    data: bytes::Bytes::new(),
+                    partition_key: String::new(),
+                    explicit_hash_key: None,
+                },
+            ));
         }
         self.metrics.per_request.record(user_records as f64);
         self.in_flight.insert(
@@ -746,18 +756,26 @@ impl Engine {
         sequence_number: &Arc<str>,
         attempt: &Attempt,
     ) {
+        // Buffer room, stats and metrics once per Kinesis record rather than once per user
+        // record, before any future resolves (as `resolve` does).
+        let n = entries.len();
+        let bytes: usize = entries.iter().map(Entry::size).sum();
+        self.gauge.release(n, bytes);
+        SharedStats::add(&self.stats.records_put, n as u64);
+        self.metrics.put.increment(n as u64);
         for (i, mut e) in entries.into_iter().enumerate() {
-            e.attempts.push(attempt.clone());
-            let attempts = std::mem::take(&mut e.attempts);
-            self.resolve(
-                e,
-                Ok(PutOutcome {
+            // Fire-and-forget records have no future: no outcome to build.
+            if let Some(reply) = e.reply.take() {
+                e.attempts.push(attempt.clone());
+                let attempts = std::mem::take(&mut e.attempts);
+                let _ = reply.send(Ok(PutOutcome {
                     shard_id: shard_id.clone(),
                     sequence_number: sequence_number.clone(),
                     sub_sequence_number: aggregated.then_some(i as u64),
                     attempts,
-                }),
-            );
+                }));
+            }
+            self.settled(e.seq);
         }
     }
 
@@ -846,7 +864,6 @@ impl Engine {
     /// Delivers a record's result, gives its buffer room back and counts it.
     fn resolve(&mut self, e: Entry, result: Result<PutOutcome, RecordError>) {
         let size = e.size();
-        self.held -= 1;
         self.gauge.release(1, size);
         match &result {
             Ok(_) => {
@@ -863,12 +880,20 @@ impl Engine {
                 }
             }
         }
+        let seq = e.seq;
         if let Some(reply) = e.reply {
             let _ = reply.send(result);
         }
+        self.settled(seq);
+    }
+
+    /// A record's result was delivered: it no longer counts as held, and flush waiters
+    /// that wait for it are one record closer.
+    fn settled(&mut self, seq: u64) {
+        self.held -= 1;
         if !self.flushes.is_empty() {
             for w in &mut self.flushes {
-                if e.seq <= w.barrier {
+                if seq <= w.barrier {
                     w.remaining -= 1;
                 }
             }
