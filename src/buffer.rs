@@ -27,12 +27,14 @@ impl BufferGauge {
 
     /// Waits for room for one record of `size` bytes (`size <= max_bytes`, checked by the caller).
     pub async fn acquire(&self, size: usize) {
-        // Neither semaphore is ever closed, so acquire cannot fail.
-        if let Ok(p) = self.records.acquire().await {
-            p.forget();
-        }
-        if let Ok(p) = self.bytes.acquire_many(size as u32).await {
-            p.forget();
+        // Neither semaphore is ever closed, so acquire cannot fail. The record permit is kept
+        // as a guard until the bytes are in hand: if the caller's future is dropped while it
+        // waits for bytes, the guard gives the record room back (cancellation safety).
+        let record = self.records.acquire().await;
+        let bytes = self.bytes.acquire_many(size as u32).await;
+        if let (Ok(record), Ok(bytes)) = (record, bytes) {
+            record.forget();
+            bytes.forget();
         }
     }
 

@@ -46,6 +46,8 @@ pub type FailureCallback = Arc<dyn Fn(&UserRecord, &RecordError) + Send + Sync>;
 const STATS_PERIOD: Duration = Duration::from_secs(1);
 /// Error code recorded on an attempt whose aggregate landed outside a sub-record's shard.
 pub(crate) const STRANDED_CODE: &str = "SubRecordOutsideShardRange";
+/// Error code recorded on an attempt still in flight when the shutdown deadline passed.
+pub(crate) const SHUTDOWN_IN_FLIGHT_CODE: &str = "ShutDownInFlight";
 
 /// A user record held by the engine.
 pub(crate) struct Entry {
@@ -477,7 +479,7 @@ impl Engine {
         }
         if let Some((deadline, _)) = &self.shutdown {
             if now >= *deadline {
-                self.fail_everything();
+                self.fail_everything(now);
             }
         }
         let flushing = !self.flushes.is_empty() || self.shutdown.is_some();
@@ -504,10 +506,15 @@ impl Engine {
             self.global_backoff_until = None;
         }
         while self.in_flight.len() < self.s.max_in_flight && self.global_backoff_until.is_none() {
-            let Some(batch) = self.outbox.pop_front() else {
+            let Some(mut batch) = self.outbox.pop_front() else {
                 break;
             };
-            actions.push(self.dispatch(batch, now));
+            // A batch may wait in the outbox (global back-off, max_in_flight) past its
+            // records' TTL: never send those.
+            self.take_expired(&mut batch, now);
+            if !batch.records.is_empty() {
+                actions.push(self.dispatch(batch, now));
+            }
         }
         if now.saturating_duration_since(self.last_stats) >= STATS_PERIOD {
             self.publish_stats(now);
@@ -619,6 +626,46 @@ impl Engine {
                     st.wake = st.queue.front().map(|e| e.deadline);
                 }
                 break;
+            }
+        }
+    }
+
+    /// Takes the Kinesis records holding an entry past its TTL out of `batch`: the expired
+    /// entries fail, the others go back to the front of their shard's queue, in order.
+    fn take_expired(&mut self, batch: &mut Batch<KRecord>, now: Instant) {
+        let live = |r: &KRecord| r.entries.iter().all(|e| e.deadline > now);
+        if batch.records.iter().all(live) {
+            return;
+        }
+        let mut back: Vec<Vec<Entry>> = Vec::new();
+        let records = std::mem::take(&mut batch.records);
+        for r in records {
+            if live(&r) {
+                batch.records.push(r);
+                continue;
+            }
+            batch.bytes = batch.bytes.saturating_sub(r.size);
+            let i = self.index.get(&r.shard).copied();
+            if let Some(i) = i {
+                self.shards[i].outstanding = self.shards[i].outstanding.saturating_sub(1);
+            }
+            for e in r.entries {
+                if e.deadline <= now {
+                    self.expire(e);
+                    continue;
+                }
+                let i = self.shard_for(e.hash_key);
+                if back.len() <= i {
+                    back.resize_with(i + 1, Vec::new);
+                }
+                back[i].push(e);
+            }
+        }
+        for (i, list) in back.into_iter().enumerate() {
+            let st = &mut self.shards[i];
+            for e in list.into_iter().rev() {
+                st.queued_bytes += e.size();
+                st.queue.push_front(e);
             }
         }
     }
@@ -909,7 +956,7 @@ impl Engine {
     }
 
     /// Shutdown deadline: every record still held fails.
-    fn fail_everything(&mut self) {
+    fn fail_everything(&mut self, now: Instant) {
         let mut all: Vec<Entry> = Vec::new();
         for st in &mut self.shards {
             all.extend(st.queue.drain(..));
@@ -927,12 +974,22 @@ impl Engine {
                 .flat_map(|b| b.records)
                 .flat_map(|r| r.entries),
         );
-        all.extend(
-            self.in_flight
-                .drain()
-                .flat_map(|(_, f)| f.records)
-                .flat_map(|r| r.entries),
-        );
+        // A request still in flight may yet be applied: say so in the record's attempts, so
+        // the error does not claim the record was not stored.
+        for (_, f) in std::mem::take(&mut self.in_flight) {
+            let attempt = Attempt {
+                start: f.start,
+                duration: now.saturating_duration_since(f.start),
+                error_code: Some(SHUTDOWN_IN_FLIGHT_CODE.into()),
+                error_message: Some(
+                    "the shutdown deadline passed while the request was in flight; the record may have been stored".into(),
+                ),
+            };
+            for mut e in f.records.into_iter().flat_map(|r| r.entries) {
+                e.attempts.push(attempt.clone());
+                all.push(e);
+            }
+        }
         all.extend(self.parked.drain(..).flat_map(|p| p.record.entries));
         for mut e in all {
             let attempts = std::mem::take(&mut e.attempts);

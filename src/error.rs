@@ -117,7 +117,7 @@ pub enum RecordError {
         attempts: Vec<Attempt>,
     },
     /// The producer shut down (deadline passed) before the record could be stored.
-    #[error("producer shut down before the record was stored ({} attempts{})", attempts.len(), last_error_suffix(attempts))]
+    #[error("producer shut down before the record was confirmed stored ({} attempts{})", attempts.len(), last_error_suffix(attempts))]
     ShutDown {
         /// Every attempt made, in order.
         attempts: Vec<Attempt>,

@@ -26,6 +26,10 @@ impl HashKey {
         if let Some((index, ch)) = text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
             return Err(ExplicitHashKeyError::NotDecimal { index, ch });
         }
+        if text.len() > 1 && text.starts_with('0') {
+            // The API's pattern is `0|([1-9]\d{0,38})`: Kinesis refuses the whole request.
+            return Err(ExplicitHashKeyError::LeadingZero);
+        }
         text.parse::<u128>()
             .map(HashKey)
             .map_err(|_| ExplicitHashKeyError::OutOfRange { digits: text.len() })
@@ -53,6 +57,9 @@ pub enum ExplicitHashKeyError {
         /// The offending character.
         ch: char,
     },
+    /// A number with a leading zero, which the API's pattern `0|([1-9]\d{0,38})` refuses.
+    #[error("has a leading zero; expected 0 or a decimal integer without leading zeros (API pattern 0|([1-9]\\d{{0,38}}))")]
+    LeadingZero,
     /// The number is larger than 2^128 - 1.
     #[error("is a {digits}-digit number above the limit 2^128 - 1 (340282366920938463463374607431768211455)")]
     OutOfRange {
@@ -107,6 +114,9 @@ mod tests {
             HashKey::parse_explicit(""),
             Err(ExplicitHashKeyError::Empty)
         );
-        assert_eq!(HashKey::parse_explicit("007"), Ok(HashKey(7)));
+        assert_eq!(
+            HashKey::parse_explicit("007"),
+            Err(ExplicitHashKeyError::LeadingZero)
+        );
     }
 }

@@ -151,6 +151,14 @@ impl Producer {
     }
 
     fn send(&self, entry: Entry) -> Result<(), AddError> {
+        // An `add` that waited for room while `shutdown()` ran must not slip in after the
+        // engine stopped (it would never be counted, and an untracked record would vanish).
+        if self.inner.closed.load(AtomicOrdering::Acquire) {
+            self.inner.gauge.release(1, entry.record.size());
+            return Err(AddError::ShutDown {
+                record: entry.record,
+            });
+        }
         self.inner.tx.send(Msg::Record(entry)).map_err(|e| {
             let Msg::Record(entry) = e.into_inner() else {
                 unreachable!("sent a record")

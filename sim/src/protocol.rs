@@ -738,13 +738,21 @@ struct ListToken {
     filter: Option<ShardFilterIn>,
 }
 
+/// Epoch seconds as a `SystemTime`; an error (not a panic) when out of range.
+fn epoch_time(t: f64) -> Result<SystemTime, Reply> {
+    Duration::try_from_secs_f64(t.max(0.0))
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .ok_or_else(|| ApiError::invalid(format!("Timestamp {t} is out of range.")).into())
+}
+
 fn shard_matches(s: &Shard, f: &ShardFilterIn) -> Result<bool, Reply> {
     let ts = |f: &ShardFilterIn| {
         f.timestamp
-            .map(|t| UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0)))
             .ok_or_else(|| -> Reply {
                 ApiError::invalid("Timestamp must be specified for this ShardFilter type").into()
             })
+            .and_then(epoch_time)
     };
     let ty = f.r#type.as_deref().unwrap_or("");
     Ok(match ty {
@@ -935,7 +943,7 @@ async fn get_shard_iterator(reg: &Arc<Registry>, body: &[u8]) -> Res {
                 let t = req.timestamp.ok_or_else(|| -> Reply {
                     ApiError::invalid("Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP.").into()
                 })?;
-                let t = UNIX_EPOCH + Duration::from_secs_f64(t.max(0.0));
+                let t = epoch_time(t)?;
                 recs.partition_point(|r| r.arrival < t)
             }
             _ => {

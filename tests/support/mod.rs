@@ -1,3 +1,4 @@
 //! Shared test support.
 pub mod fake;
+pub mod invariants;
 pub mod reader;

@@ -1,0 +1,278 @@
+//! `kpl produce` end to end: the binary against its embedded simulator, on small inputs.
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::io::Write;
+
+fn kpl() -> Command {
+    let mut cmd = Command::cargo_bin("kpl").expect("binary");
+    cmd.timeout(std::time::Duration::from_secs(60));
+    cmd
+}
+
+/// Runs with `--json`; returns the exit code, the report and stderr.
+fn run_json(cmd: &mut Command) -> (i32, Value, String) {
+    let out = cmd.arg("--json").output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("JSON report ({e}): {stdout}\nstderr: {stderr}"));
+    (out.status.code().expect("exit code"), report, stderr)
+}
+
+fn file(contents: &[u8]) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    f.write_all(contents).unwrap();
+    f.flush().unwrap();
+    f
+}
+
+fn n(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {report}"))
+}
+
+#[test]
+fn lines_from_a_file() {
+    let input = file(b"alpha\nbeta\r\n\ngamma\ndelta");
+    let (code, report, stderr) = run_json(
+        kpl()
+            .args(["produce", "--input"])
+            .arg(input.path())
+            .args(["--shards", "2"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["success"], true);
+    assert_eq!(n(&report, "records_read"), 4, "blank line skipped");
+    assert_eq!(n(&report, "records_put"), 4);
+    assert_eq!(n(&report, "records_failed"), 0);
+    assert_eq!(n(&report, "invalid_lines"), 0);
+    // 5+4+5+5 data bytes and 16-character random keys.
+    assert_eq!(n(&report, "bytes_put"), 19 + 4 * 16);
+    assert_eq!(report["shards"].as_array().unwrap().len(), 2);
+    assert!(report["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn ndjson_from_stdin_with_key_field() {
+    let mut input = String::new();
+    for i in 0..200 {
+        input.push_str(&format!("{{\"user\":\"u{}\",\"n\":{i}}}\n", i % 7));
+    }
+    input.push_str("{\"n\":\"no user: random key\"}\n");
+    let conflict = kpl()
+        .args([
+            "produce",
+            "--format",
+            "ndjson",
+            "--key-field",
+            "user",
+            "--key",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        conflict.status.code(),
+        Some(2),
+        "--key conflicts with --key-field"
+    );
+    let (code, report, stderr) = run_json(
+        kpl()
+            .args(["produce", "--format", "ndjson", "--key-field", "user"])
+            .write_stdin(input),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(n(&report, "records_put"), 201);
+    assert_eq!(n(&report, "invalid_lines"), 0);
+    assert_eq!(report["aggregation"], true);
+    assert!(n(&report, "kinesis_records_put") < 201, "aggregated");
+}
+
+#[test]
+fn generated_load() {
+    let (code, report, stderr) = run_json(kpl().args([
+        "produce",
+        "--generate",
+        "3000",
+        "--record-size",
+        "64",
+        "--keys",
+        "50",
+        "--aggregation",
+        "off",
+        "--max-buffered-time-ms",
+        "20",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(n(&report, "records_put"), 3000);
+    assert_eq!(n(&report, "records_added"), 3000);
+    assert_eq!(n(&report, "kinesis_records_put"), 3000, "aggregation off");
+    let shards = report["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 4);
+    let per_shard: u64 = shards
+        .iter()
+        .map(|s| s["kinesis_records_put"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_shard, 3000);
+    assert!(shards
+        .iter()
+        .all(|s| s["utilization_percent"].as_f64().unwrap() > 0.0));
+    // Keys "key-0".."key-49": 5 or 6 bytes each.
+    let bytes = n(&report, "bytes_put");
+    assert!((3000 * 69..=3000 * 70).contains(&bytes), "{bytes}");
+    assert!(report["records_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bad_lines_are_reported_counted_and_fail_the_exit_status() {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"k\":\"a\",\"v\":1}\n"); // 1 ok
+    input.extend_from_slice(b"{\"k\":\"b\",\n"); // 2 unparsable
+    input.extend_from_slice(b"{\"v\":3}\n"); // 3 missing key (required)
+    input.extend_from_slice(b"{\"k\":\"c\",\"h\":\"-5\"}\n"); // 4 bad explicit hash key
+    input.extend_from_slice(b"{\"k\":\"d\",\"pad\":\""); // 5 over the 1 MiB record limit
+    input.extend_from_slice(&vec![b'x'; 1 << 20]);
+    input.extend_from_slice(b"\"}\n");
+    input.extend_from_slice(b"{\"k\":\"e\",\"h\":\"42\"}\n"); // 6 ok
+    let input = file(&input);
+    let (code, report, stderr) = run_json(
+        kpl()
+            .args(["produce", "--format", "ndjson", "--key-field", "k"])
+            .args(["--require-key", "--ehk-field", "h", "--input"])
+            .arg(input.path()),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(report["success"], false);
+    assert_eq!(n(&report, "records_read"), 6);
+    assert_eq!(n(&report, "invalid_lines"), 4);
+    assert_eq!(n(&report, "records_put"), 2, "good lines still produced");
+    for line in [
+        "line 2: invalid JSON",
+        "line 3: key field",
+        "line 4: ",
+        "line 5: ",
+    ] {
+        assert!(stderr.contains(line), "{line:?} in stderr: {stderr}");
+    }
+    assert!(stderr.contains("explicit_hash_key"), "{stderr}");
+    assert!(stderr.contains("record limit"), "{stderr}");
+    let lines: Vec<u64> = report["invalid_examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [2, 3, 4, 5]);
+}
+
+#[test]
+fn faults_are_retried_and_reported() {
+    let (code, report, stderr) = run_json(kpl().args([
+        "produce",
+        "--generate",
+        "1000",
+        "--aggregation",
+        "off",
+        "--internal-failure-rate",
+        "0.3",
+        "--http-503-rate",
+        "0.2",
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(n(&report, "records_put"), 1000);
+    assert!(n(&report, "retries") > 0, "{report}");
+    assert!(report["target"].as_str().unwrap().contains("faults"));
+}
+
+#[test]
+fn failures_are_listed_by_code() {
+    // A TTL shorter than any retry schedule under constant failure: records expire.
+    let (code, report, stderr) = run_json(kpl().args([
+        "produce",
+        "--generate",
+        "50",
+        "--internal-failure-rate",
+        "1",
+        "--ttl-ms",
+        "300",
+        "--show-failures",
+        "2",
+    ]));
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(n(&report, "records_put"), 0);
+    assert_eq!(n(&report, "records_failed"), 50);
+    let group = &report["failures"]["RecordExpired"];
+    assert_eq!(group["count"], 50, "{report}");
+    let examples = group["examples"].as_array().unwrap();
+    assert_eq!(examples.len(), 2);
+    assert!(examples[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("InternalFailure"));
+}
+
+#[test]
+fn human_report() {
+    let out = kpl()
+        .args(["produce", "--generate", "100", "--shards", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for part in [
+        "all records put",
+        "records put       100 of 100",
+        "records/s",
+        "MiB/s",
+        "p99",
+        "shardId-000000000000",
+    ] {
+        assert!(text.contains(part), "{part:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn usage_errors() {
+    let out = kpl()
+        .args([
+            "produce",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--stream",
+            "s",
+        ])
+        .args(["--shards", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--shards"));
+    let out = kpl()
+        .args(["produce", "--endpoint-url", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "--stream required");
+    let out = kpl()
+        .args(["produce", "--internal-failure-rate", "1.5"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unreachable_endpoint_is_a_setup_error() {
+    let out = kpl()
+        .args([
+            "produce",
+            "--endpoint-url",
+            "http://127.0.0.1:9",
+            "--stream",
+            "s",
+        ])
+        .args(["--generate", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
+}
