@@ -1757,16 +1757,24 @@ mod tests {
     #[test]
     fn throttling_backs_off_the_shard_rate() {
         let mut h = Harness::new(1, config());
+        let throttled = || Ok(vec![err_entry("ProvisionedThroughputExceededException")]);
         let _a = h.add_to(0, 1, "a", "1");
         h.advance(Duration::from_millis(100));
         let (id, _) = h.poll().pop().unwrap();
-        h.engine.on_response(
-            id,
-            Ok(vec![err_entry("ProvisionedThroughputExceededException")]),
-            h.now,
+        h.engine.on_response(id, throttled(), h.now);
+        assert_eq!(
+            h.engine.shards[0].limiter.rate_factor(),
+            1.0,
+            "a lone throttle"
         );
-        assert_eq!(h.engine.shards[0].limiter.rate_factor(), 0.5);
-        assert_eq!(h.engine.shards[0].stats.throttles, 1);
+        h.advance(Duration::from_millis(500));
+        let (id, _) = h.poll().pop().expect("retried after the back-off");
+        h.engine.on_response(id, throttled(), h.now);
+        assert_eq!(
+            h.engine.shards[0].limiter.rate_factor(),
+            crate::limiter::DECREASE_FACTOR
+        );
+        assert_eq!(h.engine.shards[0].stats.throttles, 2);
     }
 
     fn agg_config() -> ProducerConfig {

@@ -2,9 +2,18 @@
 //!
 //! Each shard gets two buckets holding one second of its limit (1,000 records/s, 1 MiB/s of
 //! data + partition key, scaled by the configured percentage), refilled continuously: the same
-//! model the service applies, so a producer that never overdraws its buckets is never throttled
-//! by its own traffic. When the service throttles the shard anyway (other writers share it), the
-//! shard's rate is halved (at most once per [`THROTTLE_HOLDOFF`]) and its tokens drained; it then
+//! model the service applies, so a producer that never overdraws its buckets is not throttled by
+//! its own traffic.
+//!
+//! The two buckets can still drift apart by the variation in request latency: records granted
+//! over an interval reach the service together, a little earlier or later than the previous
+//! batch. So the producer keeps a [`RESERVE`] of the service's budget unspent: its buckets start
+//! that much short of full, and after a throttle (the service's bucket is empty) they are set
+//! that much below empty, which rebuilds the margin.
+//!
+//! A single throttle is treated as such drift. Throttles that keep coming (within
+//! [`SUSTAINED_WINDOW`] of each other) mean other writers share the shard: each such event (at
+//! most one per [`THROTTLE_HOLDOFF`]) cuts the shard's rate by [`DECREASE_FACTOR`], and the rate
 //! climbs back by [`RECOVERY_PER_SEC`] of the full rate per second without throttling (AIMD), so
 //! producers sharing a stream converge instead of storming. Pure: time comes in as `now`.
 
@@ -16,6 +25,12 @@ pub const MIN_RATE_FACTOR: f64 = 0.05;
 pub const RECOVERY_PER_SEC: f64 = 0.05;
 /// Throttles closer together than this count as one event.
 pub const THROTTLE_HOLDOFF: Duration = Duration::from_millis(200);
+/// A throttle within this time of the previous one means the shard is shared: cut the rate.
+pub const SUSTAINED_WINDOW: Duration = Duration::from_secs(2);
+/// Rate multiplier per sustained throttle event.
+pub const DECREASE_FACTOR: f64 = 0.8;
+/// Share of a bucket's one-second capacity kept unspent as a margin for latency variation.
+pub const RESERVE: f64 = 0.05;
 
 /// A token bucket with continuous refill. Tokens may go negative when a single take is larger
 /// than the capacity (a record bigger than one second of budget); the debt is repaid by refill.
@@ -75,9 +90,15 @@ impl TokenBucket {
         self.tokens = self.tokens.min(self.capacity);
     }
 
-    /// Empties the bucket.
-    pub fn drain(&mut self) {
-        self.tokens = self.tokens.min(0.0);
+    /// Lowers the level to `level` (after a refill to `now`) if it is higher.
+    pub fn lower_to(&mut self, level: f64, now: Instant) {
+        self.refill(now);
+        self.tokens = self.tokens.min(level);
+    }
+
+    /// The bucket's capacity (one second of rate).
+    pub fn capacity(&self) -> f64 {
+        self.capacity
     }
 }
 
@@ -95,11 +116,16 @@ pub struct ShardLimiter {
 }
 
 impl ShardLimiter {
-    /// A limiter allowing `records_per_sec` and `bytes_per_sec`, buckets full at `now`.
+    /// A limiter allowing `records_per_sec` and `bytes_per_sec`, buckets full but for the
+    /// [`RESERVE`] at `now`.
     pub fn new(records_per_sec: f64, bytes_per_sec: f64, now: Instant) -> Self {
+        let mut records = TokenBucket::new(records_per_sec, records_per_sec, now);
+        let mut bytes = TokenBucket::new(bytes_per_sec, bytes_per_sec, now);
+        records.lower_to(records_per_sec * (1.0 - RESERVE), now);
+        bytes.lower_to(bytes_per_sec * (1.0 - RESERVE), now);
         ShardLimiter {
-            records: TokenBucket::new(records_per_sec, records_per_sec, now),
-            bytes: TokenBucket::new(bytes_per_sec, bytes_per_sec, now),
+            records,
+            bytes,
             base_records: records_per_sec,
             base_bytes: bytes_per_sec,
             factor: 1.0,
@@ -164,22 +190,25 @@ impl ShardLimiter {
         Ok(())
     }
 
-    /// The service throttled this shard: halve the rate (once per hold-off) and drain tokens.
+    /// The service throttled this shard: its bucket is empty, so set ours below empty by the
+    /// reserve; if throttles keep coming, cut the rate (once per hold-off).
     pub fn on_throttle(&mut self, now: Instant) {
         if self.unlimited {
             return;
         }
-        if self
-            .last_throttle
-            .is_some_and(|t| now.saturating_duration_since(t) < THROTTLE_HOLDOFF)
-        {
+        let since_last = self.last_throttle.map(|t| now.saturating_duration_since(t));
+        if since_last.is_some_and(|d| d < THROTTLE_HOLDOFF) {
             return;
         }
         self.last_throttle = Some(now);
         self.recover(now);
-        self.apply((self.factor * 0.5).max(MIN_RATE_FACTOR), now);
-        self.records.drain();
-        self.bytes.drain();
+        if since_last.is_some_and(|d| d < SUSTAINED_WINDOW) {
+            self.apply((self.factor * DECREASE_FACTOR).max(MIN_RATE_FACTOR), now);
+        }
+        let records_level = -self.records.capacity() * RESERVE;
+        let bytes_level = -self.bytes.capacity() * RESERVE;
+        self.records.lower_to(records_level, now);
+        self.bytes.lower_to(bytes_level, now);
     }
 }
 
@@ -209,12 +238,12 @@ mod tests {
     fn records_rate_and_burst() {
         let t0 = Instant::now();
         let mut l = ShardLimiter::new(1000.0, 1048576.0, t0);
-        // burst: one second of budget at once
+        // burst: one second of budget at once, less the reserve
         let mut burst = 0;
         while l.try_acquire(10, t0).is_ok() {
             burst += 1;
         }
-        assert_eq!(burst, 1000);
+        assert_eq!(burst, 950);
         let next = l.try_acquire(10, t0).unwrap_err();
         assert_eq!(next, t0 + ms(1));
         let (sent, _) = drive(&mut l, t0 + ms(1), 10, 10);
@@ -226,45 +255,64 @@ mod tests {
         let t0 = Instant::now();
         let mut l = ShardLimiter::new(1000.0, 1048576.0, t0);
         let (sent, _) = drive(&mut l, t0, 10, 51_200);
-        // 1 MiB burst + 10 MiB over 10 s = 11 MiB / 50 KiB
-        let expected = 11 * 1048576 / 51_200;
-        assert!(
-            (sent as i64 - expected as i64).abs() <= 1,
-            "{sent} vs {expected}"
-        );
+        // 0.95 MiB burst + 10 MiB over 10 s, in 50 KiB records
+        let expected = (10.95 * 1048576.0 / 51_200.0) as i64;
+        assert!((sent as i64 - expected).abs() <= 1, "{sent} vs {expected}");
     }
 
     #[test]
     fn oversized_record_waits_for_full_bucket_then_goes_into_debt() {
         let t0 = Instant::now();
         let mut l = ShardLimiter::new(1000.0, 1000.0, t0);
-        assert!(l.try_acquire(3000, t0).is_ok());
-        let at = l.try_acquire(1, t0).unwrap_err();
-        assert_eq!(at, t0 + Duration::from_secs_f64(2.001));
+        let full = l.try_acquire(3000, t0).unwrap_err();
+        assert_eq!(full, t0 + ms(50), "waits until the bucket is full");
+        assert!(l.try_acquire(3000, full).is_ok());
+        let at = l.try_acquire(1, full).unwrap_err();
+        assert_eq!(at, full + Duration::from_secs_f64(2.001));
     }
 
     #[test]
-    fn backs_off_on_throttle_and_recovers() {
+    fn a_lone_throttle_rebuilds_the_margin_without_cutting_the_rate() {
         let t0 = Instant::now();
         let mut l = ShardLimiter::new(1000.0, 1048576.0, t0);
         l.on_throttle(t0);
-        assert_eq!(l.rate_factor(), 0.5);
-        l.on_throttle(t0 + ms(50)); // within hold-off: ignored
-        assert_eq!(l.rate_factor(), 0.5);
-        l.on_throttle(t0 + ms(300));
-        assert!((l.rate_factor() - 0.25).abs() < 0.02);
-        // no tokens right after a throttle
-        assert!(l.try_acquire(1, t0 + ms(300)).is_err());
-        // rate at 25 % for the next second
-        let (sent, now) = drive(&mut l, t0 + ms(301), 1, 1);
-        assert!((200..=320).contains(&sent), "{sent}");
-        // recovers fully within (1 - 0.25) / 0.05 = 15 s
-        let _ = drive(&mut l, now, 16, 1);
         assert_eq!(l.rate_factor(), 1.0);
+        // 50 ms of budget below empty: the next record waits 51 ms
+        assert_eq!(l.try_acquire(1, t0).unwrap_err(), t0 + ms(51));
+        // much later, another lone throttle: still no cut
+        l.on_throttle(t0 + Duration::from_secs(10));
+        assert_eq!(l.rate_factor(), 1.0);
+    }
+
+    #[test]
+    fn sustained_throttling_cuts_the_rate_and_it_recovers() {
+        let t0 = Instant::now();
+        let mut l = ShardLimiter::new(1000.0, 1048576.0, t0);
+        l.on_throttle(t0);
+        l.on_throttle(t0 + ms(50)); // within hold-off: one event
+        assert_eq!(l.rate_factor(), 1.0);
+        l.on_throttle(t0 + ms(300)); // sustained
+        assert!((l.rate_factor() - DECREASE_FACTOR).abs() < 0.02);
+        l.on_throttle(t0 + ms(600));
+        let f = l.rate_factor();
+        assert!((f - DECREASE_FACTOR * DECREASE_FACTOR).abs() < 0.03, "{f}");
+        assert!(
+            l.try_acquire(1, t0 + ms(600)).is_err(),
+            "no tokens right after a throttle"
+        );
+        // about f * 1000 records over the next second, less the 50 ms margin
+        let (sent, now) = drive(&mut l, t0 + ms(601), 1, 1);
+        assert!((560..=720).contains(&sent), "{sent}");
+        // recovers fully within (1 - 0.64) / 0.05 = 7.2 s
+        let _ = drive(&mut l, now, 8, 1);
+        assert_eq!(l.rate_factor(), 1.0);
+        let mut t = now + Duration::from_secs(100);
         for _ in 0..100 {
-            l.on_throttle(now + Duration::from_secs(100));
+            l.on_throttle(t);
+            t += ms(300);
         }
         assert!(l.rate_factor() >= MIN_RATE_FACTOR);
+        assert!(l.rate_factor() < 0.1);
     }
 
     #[test]

@@ -405,10 +405,10 @@ impl ProducerBuilder {
                 message: e.message.to_string(),
             },
         };
-        let summary = with_timeout(timeout, kinesis.describe_stream_summary(&stream))
+        let summary = startup_call(timeout, || kinesis.describe_stream_summary(&stream))
             .await
             .map_err(|e| build_error("DescribeStreamSummary", e))?;
-        let shards = with_timeout(timeout, kinesis.list_shards(&stream))
+        let shards = startup_call(timeout, || kinesis.list_shards(&stream))
             .await
             .map_err(|e| build_error("ListShards", e))?;
         let map = ShardMap::new(shards);
@@ -481,6 +481,37 @@ async fn with_timeout<T>(
             format!("no answer within {timeout:?}"),
         ))
     })
+}
+
+/// Attempts of a start-up call (DescribeStreamSummary, ListShards) before `build` gives up.
+const STARTUP_ATTEMPTS: usize = 4;
+
+/// A start-up call, retried with back-off on transient errors (5xx, throttling, a refused or
+/// dropped connection) so that one hiccup does not fail `build`. Timeouts and permanent errors
+/// (missing stream, credentials, access) fail at once: `build` never hangs.
+async fn startup_call<T, Fut>(
+    timeout: Duration,
+    call: impl FnMut() -> Fut,
+) -> Result<T, ClientError>
+where
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    use backon::Retryable;
+    let mut call = call;
+    let backoff = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_times(STARTUP_ATTEMPTS - 1)
+        .with_jitter();
+    (|| with_timeout(timeout, call()))
+        .retry(backoff)
+        .when(|e: &ClientError| {
+            !matches!(
+                e.kind,
+                ClientErrorKind::Timeout | ClientErrorKind::Construction
+            ) && crate::retry::classify_request(e.code.as_deref(), e.status)
+                != crate::retry::Decision::Fail
+        })
+        .await
 }
 
 /// The engine's thread: moves messages in, performs actions, sleeps until the next deadline.

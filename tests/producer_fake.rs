@@ -474,3 +474,24 @@ async fn build_without_credentials_fails_clearly() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn build_rides_out_transient_start_up_errors() {
+    let fake = FakeKinesis::new(1);
+    let mut e503 = ClientError::new(ClientErrorKind::Service, "unavailable");
+    e503.status = Some(503);
+    fake.script_describe_errors([
+        e503,
+        ClientError::new(ClientErrorKind::Connection, "refused"),
+    ]);
+    let p = builder()
+        .kinesis(fake.seam())
+        .await
+        .expect("two transient errors are retried");
+    p.shutdown().await.unwrap();
+
+    let fake = FakeKinesis::new(1);
+    fake.script_describe_errors([ClientError::service("AccessDeniedException", "no", 400)]);
+    let err = builder().kinesis(fake.seam()).await.unwrap_err();
+    assert!(err.to_string().contains("AccessDeniedException"), "{err}");
+}

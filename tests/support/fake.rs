@@ -32,6 +32,8 @@ struct Script {
     request_errors: VecDeque<ClientError>,
     /// Codes a stream lookup fails with.
     describe_error: Option<ClientError>,
+    /// Errors the next stream lookups fail with, one each.
+    describe_errors: VecDeque<ClientError>,
 }
 
 /// The fake stream: `listed` shards are what ListShards says, `actual` where records land.
@@ -89,6 +91,10 @@ impl FakeKinesis {
 
     pub fn script_request_errors(&self, errors: impl IntoIterator<Item = ClientError>) {
         self.script.lock().unwrap().request_errors.extend(errors);
+    }
+
+    pub fn script_describe_errors(&self, errors: impl IntoIterator<Item = ClientError>) {
+        self.script.lock().unwrap().describe_errors.extend(errors);
     }
 
     pub fn fail_describe(&self, e: ClientError) {
@@ -214,7 +220,12 @@ impl Kinesis for FakeKinesis {
         _stream: &StreamRef,
     ) -> BoxFuture<'_, Result<StreamSummary, ClientError>> {
         Box::pin(async move {
-            if let Some(e) = self.script.lock().unwrap().describe_error.clone() {
+            let mut script = self.script.lock().unwrap();
+            if let Some(e) = script
+                .describe_errors
+                .pop_front()
+                .or_else(|| script.describe_error.clone())
+            {
                 return Err(e);
             }
             Ok(StreamSummary {
