@@ -107,7 +107,7 @@ fn bench_collector(c: &mut Criterion) {
             b.iter(|| {
                 let mut requests = 0usize;
                 for i in 0..n as u64 {
-                    if let Some(batch) = collector.push(black_box(i), size, t) {
+                    if let Some(batch) = collector.push(black_box(i), size, t, t) {
                         requests += 1;
                         black_box(batch.records.len());
                     }

@@ -3,10 +3,18 @@
 //! A request holds at most `max_records` records and `max_bytes` bytes (data + partition keys,
 //! as the API counts them). A record is never split; one that would overflow the current
 //! request closes it and starts the next. The current request is due when it is full, when its
-//! oldest user record has waited `max_buffered_time`, or when the caller flushes. Pure and
-//! generic over the record type, so property tests can drive it with plain values.
+//! oldest user record has waited `max_buffered_time`, or when the caller flushes.
+//!
+//! A request opened by a record that is already past its buffering deadline (released from a
+//! rate-limited backlog) stays open for a [`MIN_WINDOW_DIVISOR`]th of `max_buffered_time`.
+//! Without that, records released one by one from a backlog would each go out in a request of
+//! their own. Pure and generic over the record type, so property tests can drive it
+//! with plain values.
 
 use std::time::{Duration, Instant};
+
+/// A request opened by an overdue record stays open `max_buffered_time / MIN_WINDOW_DIVISOR`.
+pub const MIN_WINDOW_DIVISOR: u32 = 10;
 
 /// One request's worth of records.
 #[derive(Debug)]
@@ -25,6 +33,7 @@ pub struct Collector<T> {
     records: Vec<T>,
     bytes: usize,
     oldest: Option<Instant>,
+    opened: Option<Instant>,
 }
 
 impl<T> Collector<T> {
@@ -36,13 +45,20 @@ impl<T> Collector<T> {
             records: Vec::with_capacity(max_records),
             bytes: 0,
             oldest: None,
+            opened: None,
         }
     }
 
-    /// Adds a record of `size` bytes whose oldest user record arrived at `arrived`. Returns the
-    /// previous request if this record did not fit in it. A record larger than `max_bytes` on
-    /// its own still goes, alone (callers validate sizes before this point).
-    pub fn push(&mut self, record: T, size: usize, arrived: Instant) -> Option<Batch<T>> {
+    /// Adds, at `now`, a record of `size` bytes whose oldest user record arrived at `arrived`.
+    /// Returns the previous request if this record did not fit in it. A record larger than
+    /// `max_bytes` on its own still goes, alone (callers validate sizes before this point).
+    pub fn push(
+        &mut self,
+        record: T,
+        size: usize,
+        arrived: Instant,
+        now: Instant,
+    ) -> Option<Batch<T>> {
         let closed = if !self.records.is_empty()
             && (self.records.len() >= self.max_records || self.bytes + size > self.max_bytes)
         {
@@ -50,6 +66,9 @@ impl<T> Collector<T> {
         } else {
             None
         };
+        if self.records.is_empty() {
+            self.opened = Some(now);
+        }
         self.records.push(record);
         self.bytes += size;
         self.oldest = Some(self.oldest.map_or(arrived, |o| o.min(arrived)));
@@ -71,15 +90,26 @@ impl<T> Collector<T> {
         self.records.len()
     }
 
-    /// When the current request is due by age, if it holds anything.
+    /// When the current request is due by age, if it holds anything: when its oldest record
+    /// has waited `max_buffered_time`, or, for a request opened by an overdue record, a short
+    /// window after it opened.
     pub fn due_at(&self, max_buffered_time: Duration) -> Option<Instant> {
-        self.oldest
-            .map(|o| o.checked_add(max_buffered_time).unwrap_or(o))
+        let oldest = self.oldest?;
+        let by_age = oldest.checked_add(max_buffered_time).unwrap_or(oldest);
+        match self.opened {
+            // Opened by a record already overdue (released from a backlog): keep it open a
+            // little so that the records released next join it.
+            Some(opened) if opened > by_age => {
+                Some(opened + max_buffered_time / MIN_WINDOW_DIVISOR)
+            }
+            _ => Some(by_age),
+        }
     }
 
     /// Takes the current request (possibly empty).
     pub fn take(&mut self) -> Batch<T> {
         self.oldest = None;
+        self.opened = None;
         let bytes = std::mem::take(&mut self.bytes);
         let records = std::mem::replace(&mut self.records, Vec::with_capacity(self.max_records));
         Batch { records, bytes }
@@ -109,16 +139,21 @@ mod tests {
     fn closes_on_count_and_bytes() {
         let t = Instant::now();
         let mut c = Collector::new(3, 100);
-        assert!(c.push(1, 10, t).is_none());
-        assert!(c.push(2, 10, t).is_none());
-        assert!(c.push(3, 10, t).is_none());
+        assert!(c.push(1, 10, t, t).is_none());
+        assert!(c.push(2, 10, t, t).is_none());
+        assert!(c.push(3, 10, t, t).is_none());
         assert!(c.is_full());
-        let b = c.push(4, 10, t).expect("fourth closes the first request");
+        let b = c
+            .push(4, 10, t, t)
+            .expect("fourth closes the first request");
         assert_eq!(b.records, vec![1, 2, 3]);
         assert_eq!(b.bytes, 30);
-        let b = c.push(5, 95, t).expect("bytes overflow closes");
+        let b = c.push(5, 95, t, t).expect("bytes overflow closes");
         assert_eq!(b.records, vec![4]);
-        assert!(c.push(6, 5, t).is_none(), "exactly at the byte limit fits");
+        assert!(
+            c.push(6, 5, t, t).is_none(),
+            "exactly at the byte limit fits"
+        );
         assert!(c.is_full());
     }
 
@@ -128,16 +163,34 @@ mod tests {
         let mbt = Duration::from_millis(100);
         let mut c = Collector::new(500, 1 << 20);
         assert!(c.take_ready(t, mbt, true).is_none());
-        c.push("a", 1, t + Duration::from_millis(5));
-        c.push("b", 1, t);
+        c.push("a", 1, t + Duration::from_millis(5), t);
+        c.push("b", 1, t, t);
         assert_eq!(c.due_at(mbt), Some(t + mbt));
         assert!(c
             .take_ready(t + Duration::from_millis(99), mbt, false)
             .is_none());
         assert!(c.take_ready(t + mbt, mbt, false).is_some());
-        c.push("c", 1, t);
+        c.push("c", 1, t, t);
         assert!(c.take_ready(t, mbt, true).is_some());
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_backlog_is_batched_for_a_minimum_window() {
+        let t = Instant::now();
+        let mbt = Duration::from_millis(100);
+        let mut c = Collector::new(500, 1 << 20);
+        let long_ago = t - Duration::from_secs(5);
+        c.push(1, 1, long_ago, t);
+        assert_eq!(c.due_at(mbt), Some(t + Duration::from_millis(10)));
+        assert!(c
+            .take_ready(t + Duration::from_millis(9), mbt, false)
+            .is_none());
+        c.push(2, 1, long_ago, t + Duration::from_millis(5));
+        let b = c
+            .take_ready(t + Duration::from_millis(10), mbt, false)
+            .unwrap();
+        assert_eq!(b.records, vec![1, 2]);
     }
 
     proptest! {
@@ -175,7 +228,7 @@ mod tests {
                 }
                 now = next;
                 arrivals.push(now);
-                if let Some(b) = c.push(i, size, now) {
+                if let Some(b) = c.push(i, size, now, now) {
                     check(b, now, &mut out)?;
                 }
                 if let Some(b) = c.take_ready(now, mbt, false) {

@@ -614,7 +614,7 @@ impl Engine {
             st.outstanding += 1;
             let per_shard_done = self.s.ordering == Ordering::PerShard;
             let oldest = record.oldest;
-            if let Some(batch) = self.collector.push(record, size, oldest) {
+            if let Some(batch) = self.collector.push(record, size, oldest, now) {
                 self.outbox.push_back(batch);
             }
             if self.collector.is_full() {
@@ -663,6 +663,9 @@ impl Engine {
         }
         for (i, list) in back.into_iter().enumerate() {
             let st = &mut self.shards[i];
+            if !list.is_empty() {
+                st.wake = Some(now); // drain them again at the next poll
+            }
             for e in list.into_iter().rev() {
                 st.queued_bytes += e.size();
                 st.queue.push_front(e);
@@ -1260,6 +1263,19 @@ mod tests {
                 .collect()
         }
 
+        /// Polls once more after the short window a request opened by overdue records (retries,
+        /// a backlog) stays open.
+        fn poll_after_window(&mut self) -> Vec<(u64, PutRecordsRequest)> {
+            let mut sent = self.poll();
+            if sent.is_empty() {
+                self.advance(
+                    self.engine.s.max_buffered_time / crate::collector::MIN_WINDOW_DIVISOR,
+                );
+                sent = self.poll();
+            }
+            sent
+        }
+
         fn poll_refresh(&mut self) -> bool {
             self.engine.poll(self.now, &mut self.actions);
             let refresh = self
@@ -1402,7 +1418,11 @@ mod tests {
         assert!(pending(&mut first[1200]));
         // the rest goes at 1,000/s
         h.advance(Duration::from_millis(250));
-        let sent: usize = h.poll().iter().map(|(_, r)| r.records.len()).sum();
+        let sent: usize = h
+            .poll_after_window()
+            .iter()
+            .map(|(_, r)| r.records.len())
+            .sum();
         assert!((240..=260).contains(&sent), "{sent}");
     }
 
@@ -1432,7 +1452,7 @@ mod tests {
         // the shard backs off before the retry
         assert!(h.poll().is_empty());
         h.advance(Duration::from_secs(1));
-        let (id, req) = h.poll().pop().unwrap();
+        let (id, req) = h.poll_after_window().pop().unwrap();
         let keys: Vec<&str> = req
             .records
             .iter()
@@ -1676,7 +1696,7 @@ mod tests {
         );
         assert!(outcome(&mut b1).is_ok());
         h.advance(Duration::from_secs(6));
-        let (id, req) = h.poll().pop().unwrap();
+        let (id, req) = h.poll_after_window().pop().unwrap();
         assert_eq!(
             &req.records[0].data[..],
             b"1",
@@ -1687,7 +1707,7 @@ mod tests {
         assert!(outcome(&mut a1).is_ok());
         assert!(pending(&mut a2));
         h.advance(Duration::from_millis(100));
-        let (id, req) = h.poll().pop().unwrap();
+        let (id, req) = h.poll_after_window().pop().unwrap();
         assert_eq!(&req.records[0].data[..], b"2");
         h.ok_all(id, &req, 2);
         assert!(outcome(&mut a2).is_ok());
@@ -1768,7 +1788,10 @@ mod tests {
             "a lone throttle"
         );
         h.advance(Duration::from_millis(500));
-        let (id, _) = h.poll().pop().expect("retried after the back-off");
+        let (id, _) = h
+            .poll_after_window()
+            .pop()
+            .expect("retried after the back-off");
         h.engine.on_response(id, throttled(), h.now);
         assert_eq!(
             h.engine.shards[0].limiter.rate_factor(),
@@ -1917,7 +1940,7 @@ mod tests {
             2
         );
         h.advance(Duration::from_millis(100));
-        let (id, req) = h.poll().pop().unwrap();
+        let (id, req) = h.poll_after_window().pop().unwrap();
         assert_eq!(
             req.records.len(),
             1,
