@@ -17,7 +17,7 @@ status=0
 if [ -z "${SKIP_SOAK:-}" ]; then
   cargo build --release --example soak
   start=$SECONDS
-  ./"${CARGO_TARGET_DIR:-target}"/release/examples/soak "$@" || status=1
+  cargo run -q --release --example soak -- "$@" || status=1
   echo "soak: $((SECONDS - start)) s" >&2
 fi
 
