@@ -27,27 +27,13 @@ use kinesis_producer::config::StreamRef;
 use kinesis_producer::kinesis::{
     BoxFuture, ClientError, PutRecordsRequest, PutRecordsResultEntry, StreamSummary,
 };
-use kinesis_producer::shard_map::{even_range, ShardInfo, ShardMap};
+use kinesis_producer::shard_map::{even_shards, ShardInfo, ShardMap};
 use kinesis_producer::{HashKey, Kinesis, Producer, UserRecord};
 
 const SHARDS: u32 = 64;
 const KEYS: usize = 10_000;
 const DATA_LEN: usize = 100;
 const RECORDS_PER_ITER: usize = 100_000;
-
-fn shard_infos(n: u32) -> Vec<ShardInfo> {
-    (0..n)
-        .map(|i| {
-            let (start, end) = even_range(i, n);
-            ShardInfo {
-                id: format!("shardId-{i:012}").into(),
-                start,
-                end,
-                open: true,
-            }
-        })
-        .collect()
-}
 
 /// A deterministic spread of hash keys (a multiplicative sequence over the whole key space).
 fn hash_keys(n: usize) -> Vec<HashKey> {
@@ -81,7 +67,7 @@ fn bench_shard_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("shard_lookup");
     let keys = hash_keys(1024);
     for n in [1u32, 64, 4096] {
-        let map = ShardMap::new(shard_infos(n));
+        let map = ShardMap::new(even_shards(n));
         group.throughput(Throughput::Elements(keys.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &map, |b, map| {
             b.iter(|| {
@@ -140,7 +126,7 @@ pub struct DiscardSink {
 impl DiscardSink {
     /// A sink for a stream of `shards` evenly split shards whose records use `keys`.
     pub fn new(shards: u32, keys: &[String]) -> Self {
-        let infos = shard_infos(shards);
+        let infos = even_shards(shards);
         let map = ShardMap::new(infos.clone());
         let by_key = keys
             .iter()

@@ -153,11 +153,15 @@ impl Default for ProducerConfig {
     }
 }
 
-fn out_of_range(field: &'static str, value: impl ToString, limit: &'static str) -> ConfigError {
+fn out_of_range(
+    field: &'static str,
+    value: impl ToString,
+    limit: impl Into<std::borrow::Cow<'static, str>>,
+) -> ConfigError {
     ConfigError::OutOfRange {
         field,
         value: value.to_string(),
-        limit,
+        limit: limit.into(),
     }
 }
 
@@ -246,11 +250,13 @@ impl ProducerConfig {
     /// Checks the settings that depend on the stream's record size limit.
     pub fn validate_for_stream(&self, max_record_size: usize) -> Result<(), ConfigError> {
         if self.aggregation && self.aggregation_max_size > max_record_size {
-            return Err(ConfigError::OutOfRange {
-                field: "aggregation_max_size",
-                value: self.aggregation_max_size.to_string(),
-                limit: "must not exceed the stream's record size limit (MaxRecordSizeInKiB)",
-            });
+            return Err(out_of_range(
+                "aggregation_max_size",
+                self.aggregation_max_size,
+                format!(
+                    "must not exceed the stream's record size limit of {max_record_size} bytes"
+                ),
+            ));
         }
         Ok(())
     }
@@ -339,7 +345,10 @@ mod tests {
             ..valid()
         };
         let err = c.validate_for_stream(1 << 20).unwrap_err().to_string();
-        assert!(err.contains("aggregation_max_size"), "{err}");
+        assert!(
+            err.contains("aggregation_max_size") && err.contains("1048576"),
+            "{err}"
+        );
         assert_eq!(c.validate_for_stream(2 << 20), Ok(()));
     }
 }

@@ -637,40 +637,19 @@ impl Engine {
         if batch.records.iter().all(live) {
             return;
         }
-        let mut back: Vec<Vec<Entry>> = Vec::new();
-        let records = std::mem::take(&mut batch.records);
-        for r in records {
+        let mut back: Vec<Entry> = Vec::new();
+        for r in std::mem::take(&mut batch.records) {
             if live(&r) {
                 batch.records.push(r);
                 continue;
             }
             batch.bytes = batch.bytes.saturating_sub(r.size);
-            let i = self.index.get(&r.shard).copied();
-            if let Some(i) = i {
+            if let Some(&i) = self.index.get(&r.shard) {
                 self.shards[i].outstanding = self.shards[i].outstanding.saturating_sub(1);
             }
-            for e in r.entries {
-                if e.deadline <= now {
-                    self.expire(e);
-                    continue;
-                }
-                let i = self.shard_for(e.hash_key);
-                if back.len() <= i {
-                    back.resize_with(i + 1, Vec::new);
-                }
-                back[i].push(e);
-            }
+            back.extend(r.entries);
         }
-        for (i, list) in back.into_iter().enumerate() {
-            let st = &mut self.shards[i];
-            if !list.is_empty() {
-                st.wake = Some(now); // drain them again at the next poll
-            }
-            for e in list.into_iter().rev() {
-                st.queued_bytes += e.size();
-                st.queue.push_front(e);
-            }
-        }
+        self.put_back(back, now);
     }
 
     fn dispatch(&mut self, mut batch: Batch<KRecord>, now: Instant) -> Action {
@@ -857,17 +836,23 @@ impl Engine {
         }
     }
 
-    /// Puts records to retry back at the front of their shard's queue, in their order, ahead of
-    /// newer records; records past their TTL fail instead.
+    /// Records to retry: counted, then put back (see [`Engine::put_back`]).
     fn requeue(&mut self, entries: Vec<Entry>, now: Instant) {
+        let retries = entries.iter().filter(|e| e.deadline > now).count() as u64;
+        SharedStats::add(&self.stats.retries, retries);
+        self.metrics.retries.increment(retries);
+        self.put_back(entries, now);
+    }
+
+    /// Puts records back at the front of their shard's queue, in their order, ahead of newer
+    /// records, to be drained at the next poll; records past their TTL fail instead.
+    fn put_back(&mut self, entries: Vec<Entry>, now: Instant) {
         let mut by_shard: Vec<Vec<Entry>> = Vec::new();
         for e in entries {
             if e.deadline <= now {
                 self.expire(e);
                 continue;
             }
-            SharedStats::add(&self.stats.retries, 1);
-            self.metrics.retries.increment(1);
             let i = self.shard_for(e.hash_key);
             if by_shard.len() <= i {
                 by_shard.resize_with(i + 1, Vec::new);
@@ -876,6 +861,9 @@ impl Engine {
         }
         for (i, list) in by_shard.into_iter().enumerate() {
             let st = &mut self.shards[i];
+            if !list.is_empty() {
+                st.wake = Some(now);
+            }
             for e in list.into_iter().rev() {
                 st.queued_bytes += e.size();
                 st.queue.push_front(e);
@@ -1168,7 +1156,7 @@ fn build_record(st: &mut ShardState, aggregator: &mut Aggregator, aggregation: b
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shard_map::even_range;
+    use crate::shard_map::{even_range, even_shards as shards};
     use tokio::sync::oneshot::error::TryRecvError;
 
     type Rx = oneshot::Receiver<Result<PutOutcome, RecordError>>;
@@ -1178,20 +1166,6 @@ mod tests {
         now: Instant,
         gauge: Arc<BufferGauge>,
         actions: Vec<Action>,
-    }
-
-    fn shards(n: u32) -> Vec<ShardInfo> {
-        (0..n)
-            .map(|i| {
-                let (start, end) = even_range(i, n);
-                ShardInfo {
-                    id: format!("shardId-{i:012}").into(),
-                    start,
-                    end,
-                    open: true,
-                }
-            })
-            .collect()
     }
 
     fn config() -> ProducerConfig {

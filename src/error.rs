@@ -204,6 +204,6 @@ pub enum ConfigError {
         /// The value given.
         value: String,
         /// The allowed range, in words.
-        limit: &'static str,
+        limit: std::borrow::Cow<'static, str>,
     },
 }

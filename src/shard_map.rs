@@ -166,24 +166,27 @@ pub fn even_range(i: u32, n: u32) -> (u128, u128) {
     (start, end)
 }
 
+/// The `n` open shards of a new stream: AWS ids (`shardId-000000000000`, ...) and even ranges.
+pub fn even_shards(n: u32) -> Vec<ShardInfo> {
+    (0..n)
+        .map(|i| {
+            let (start, end) = even_range(i, n);
+            ShardInfo {
+                id: format!("shardId-{i:012}").into(),
+                start,
+                end,
+                open: true,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn even_map(n: u32) -> ShardMap {
-        ShardMap::new(
-            (0..n)
-                .map(|i| {
-                    let (start, end) = even_range(i, n);
-                    ShardInfo {
-                        id: format!("shardId-{i:012}").into(),
-                        start,
-                        end,
-                        open: true,
-                    }
-                })
-                .collect(),
-        )
+        ShardMap::new(even_shards(n))
     }
 
     #[test]
