@@ -303,9 +303,17 @@ mod tests {
         // about f * 1000 records over the next second, less the 50 ms margin
         let (sent, now) = drive(&mut l, t0 + ms(601), 1, 1);
         let expected = f * 1000.0;
-        assert!((sent as f64) > expected - 80.0 && (sent as f64) < expected + 40.0, "{sent} vs {expected}");
+        assert!(
+            (sent as f64) > expected - 80.0 && (sent as f64) < expected + 40.0,
+            "{sent} vs {expected}"
+        );
         // recovers fully within (1 - f) / RECOVERY_PER_SEC seconds
-        let _ = drive(&mut l, now, ((1.0 - f) / RECOVERY_PER_SEC).ceil() as u64 + 1, 1);
+        let _ = drive(
+            &mut l,
+            now,
+            ((1.0 - f) / RECOVERY_PER_SEC).ceil() as u64 + 1,
+            1,
+        );
         assert_eq!(l.rate_factor(), 1.0);
         let mut t = now + Duration::from_secs(100);
         for _ in 0..100 {
