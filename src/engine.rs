@@ -138,25 +138,17 @@ pub(crate) enum Action {
     RefreshShardMap,
 }
 
-/// Settings the engine needs, derived from the configuration and the stream.
+/// What the engine needs: the configuration, plus what was derived from it and the stream.
 #[derive(Clone)]
 pub(crate) struct EngineSettings {
+    pub config: ProducerConfig,
     pub stream: StreamRef,
+    /// Aggregate: configured, and the stream's distribution is not `AUTO`.
     pub aggregation: bool,
-    pub aggregation_max_size: usize,
-    pub aggregation_max_count: usize,
-    pub max_records_per_request: usize,
-    pub max_request_bytes: usize,
-    pub max_buffered_time: Duration,
-    pub record_ttl: Duration,
-    pub max_in_flight: usize,
-    pub ordering: Ordering,
-    pub shutdown_timeout: Duration,
     /// Records/s and bytes/s allowed per shard; `None`: unlimited.
     pub shard_rate: Option<(f64, f64)>,
     /// `false` when the stream's record distribution is `AUTO`.
     pub predict: bool,
-    pub shard_map_refresh_interval: Duration,
     pub on_failure: Option<FailureCallback>,
 }
 
@@ -164,25 +156,16 @@ impl EngineSettings {
     pub fn new(config: &ProducerConfig, stream: StreamRef, predict: bool) -> Self {
         let pct = config.rate_limit_percent as f64 / 100.0;
         EngineSettings {
+            config: config.clone(),
             stream,
             // Under AUTO distribution records land anywhere, and KCL drops sub-records that
             // hash outside their shard: aggregation would hide records from consumers.
             aggregation: config.aggregation && predict,
-            aggregation_max_size: config.aggregation_max_size,
-            aggregation_max_count: config.aggregation_max_count,
-            max_records_per_request: config.max_records_per_request,
-            max_request_bytes: config.max_request_bytes,
-            max_buffered_time: config.max_buffered_time,
-            record_ttl: config.record_ttl,
-            max_in_flight: config.max_in_flight,
-            ordering: config.ordering,
-            shutdown_timeout: config.shutdown_timeout,
             shard_rate: config.rate_limiting.then_some((
                 SHARD_RECORDS_PER_SEC as f64 * pct,
                 SHARD_BYTES_PER_SEC as f64 * pct,
             )),
             predict,
-            shard_map_refresh_interval: config.shard_map_refresh_interval,
             on_failure: None,
         }
     }
@@ -225,9 +208,12 @@ impl Engine {
         now: Instant,
     ) -> Self {
         let mut engine = Engine {
-            aggregator: Aggregator::new(s.aggregation_max_size, s.aggregation_max_count),
-            collector: Collector::new(s.max_records_per_request, s.max_request_bytes),
-            refresh: RefreshSchedule::new(s.shard_map_refresh_interval, now),
+            aggregator: Aggregator::new(
+                s.config.aggregation_max_size,
+                s.config.aggregation_max_count,
+            ),
+            collector: Collector::new(s.config.max_records_per_request, s.config.max_request_bytes),
+            refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
             s,
             map: ShardMap::default(),
             shards: Vec::new(),
@@ -289,7 +275,7 @@ impl Engine {
     /// `shutdown()` or the last handle dropped: drain everything, then stop. Past the deadline
     /// what is left fails with [`RecordError::ShutDown`].
     pub fn on_shutdown(&mut self, reply: Option<oneshot::Sender<()>>, now: Instant) {
-        let deadline = retry::saturating_add(now, self.s.shutdown_timeout);
+        let deadline = retry::saturating_add(now, self.s.config.shutdown_timeout);
         let (d, replies) = self.shutdown.get_or_insert_with(|| (deadline, Vec::new()));
         *d = (*d).min(deadline);
         replies.extend(reply);
@@ -496,16 +482,18 @@ impl Engine {
             self.expire(e);
         }
         self.scratch = expired;
-        if let Some(batch) = self
-            .collector
-            .take_ready(now, self.s.max_buffered_time, flushing)
+        if let Some(batch) =
+            self.collector
+                .take_ready(now, self.s.config.max_buffered_time, flushing)
         {
             self.outbox.push_back(batch);
         }
         if self.global_backoff_until.is_some_and(|t| t <= now) {
             self.global_backoff_until = None;
         }
-        while self.in_flight.len() < self.s.max_in_flight && self.global_backoff_until.is_none() {
+        while self.in_flight.len() < self.s.config.max_in_flight
+            && self.global_backoff_until.is_none()
+        {
             let Some(mut batch) = self.outbox.pop_front() else {
                 break;
             };
@@ -543,7 +531,7 @@ impl Engine {
         };
         at(self.refresh.next_due());
         at(self.shutdown.as_ref().map(|(d, _)| *d));
-        if self.in_flight.len() < self.s.max_in_flight {
+        if self.in_flight.len() < self.s.config.max_in_flight {
             if let Some(g) = self.global_backoff_until {
                 if !self.outbox.is_empty() {
                     at(Some(g));
@@ -552,7 +540,7 @@ impl Engine {
                 at(Some(self.last_stats)); // dispatch at once
             }
         }
-        at(self.collector.due_at(self.s.max_buffered_time));
+        at(self.collector.due_at(self.s.config.max_buffered_time));
         for st in &self.shards {
             at(st.wake);
         }
@@ -575,8 +563,8 @@ impl Engine {
         if st.queue.is_empty() && st.sealed.is_none() {
             return;
         }
-        let blocked_by_order = self.s.ordering == Ordering::PerShard && st.outstanding > 0;
-        let saturated = self.in_flight.len() + self.outbox.len() >= self.s.max_in_flight;
+        let blocked_by_order = self.s.config.ordering == Ordering::PerShard && st.outstanding > 0;
+        let saturated = self.in_flight.len() + self.outbox.len() >= self.s.config.max_in_flight;
         if let Some(t) = st.backoff_until.filter(|t| *t > now) {
             st.wake = Some(head_deadline.map_or(t, |d| d.min(t)));
             return;
@@ -593,10 +581,10 @@ impl Engine {
                 if self.s.aggregation && !flushing {
                     let due = front
                         .arrival
-                        .checked_add(self.s.max_buffered_time)
+                        .checked_add(self.s.config.max_buffered_time)
                         .unwrap_or(front.arrival);
-                    let full = st.queued_bytes >= self.s.aggregation_max_size
-                        || st.queue.len() >= self.s.aggregation_max_count;
+                    let full = st.queued_bytes >= self.s.config.aggregation_max_size
+                        || st.queue.len() >= self.s.config.aggregation_max_count;
                     if !full && due > now {
                         st.wake = Some(due.min(front.deadline));
                         break;
@@ -612,7 +600,7 @@ impl Engine {
             }
             let record = st.sealed.take().expect("sealed record");
             st.outstanding += 1;
-            let per_shard_done = self.s.ordering == Ordering::PerShard;
+            let per_shard_done = self.s.config.ordering == Ordering::PerShard;
             let oldest = record.oldest;
             if let Some(batch) = self.collector.push(record, size, oldest, now) {
                 self.outbox.push_back(batch);
@@ -620,7 +608,9 @@ impl Engine {
             if self.collector.is_full() {
                 self.outbox.push_back(self.collector.take());
             }
-            if per_shard_done || self.in_flight.len() + self.outbox.len() >= self.s.max_in_flight {
+            if per_shard_done
+                || self.in_flight.len() + self.outbox.len() >= self.s.config.max_in_flight
+            {
                 let st = &mut self.shards[i];
                 if !st.queue.is_empty() && !per_shard_done {
                     st.wake = st.queue.front().map(|e| e.deadline);
@@ -893,7 +883,7 @@ impl Engine {
         self.resolve(
             e,
             Err(RecordError::Expired {
-                ttl: self.s.record_ttl,
+                ttl: self.s.config.record_ttl,
                 attempts,
             }),
         );
@@ -1215,7 +1205,7 @@ mod tests {
         fn add(&mut self, record: UserRecord, hash: HashKey) -> Rx {
             let (tx, rx) = oneshot::channel();
             assert!(self.gauge.try_acquire(record.size()));
-            let ttl = self.engine.s.record_ttl;
+            let ttl = self.engine.s.config.record_ttl;
             self.engine
                 .on_record(Entry::new(record, hash, self.now, ttl, Some(tx)), self.now);
             rx
@@ -1243,7 +1233,7 @@ mod tests {
             let mut sent = self.poll();
             if sent.is_empty() {
                 self.advance(
-                    self.engine.s.max_buffered_time / crate::collector::MIN_WINDOW_DIVISOR,
+                    self.engine.s.config.max_buffered_time / crate::collector::MIN_WINDOW_DIVISOR,
                 );
                 sent = self.poll();
             }
