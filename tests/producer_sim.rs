@@ -1,8 +1,9 @@
 //! The producer against kinesis-sim over real HTTP: the unmodified SDK, the simulator's
 //! validation, limits and faults. Each test owns its simulator (port 0) and stream.
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_kinesis::config::Credentials;
+mod support;
+
+use aws_config::SdkConfig;
 use bytes::Bytes;
 use kinesis_producer::{
     deaggregate, HashKey, PendingRecord, Producer, ProducerBuilder, PutOutcome, RecordError,
@@ -22,12 +23,7 @@ async fn start(stream: &str, shards: u32) -> Simulator {
 }
 
 async fn sdk_config(sim: &Simulator) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(sim.endpoint_url())
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .load()
-        .await
+    support::reader::sdk_config(&sim.endpoint_url()).await
 }
 
 fn builder(stream: &str) -> ProducerBuilder {
