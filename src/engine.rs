@@ -42,6 +42,8 @@ pub(crate) type Reply = oneshot::Sender<Result<PutOutcome, RecordError>>;
 /// Called with each failed fire-and-forget record.
 pub type FailureCallback = Arc<dyn Fn(&UserRecord, &RecordError) + Send + Sync>;
 
+/// Whole-request failures in a row after which all sending backs off.
+const ENDPOINT_BACKOFF_AFTER: u32 = 2;
 /// How often per-shard stats are published to handles.
 const STATS_PERIOD: Duration = Duration::from_secs(1);
 /// Error code recorded on an attempt whose aggregate landed outside a sub-record's shard.
@@ -190,6 +192,8 @@ pub(crate) struct Engine {
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     global_backoff: Backoff,
     global_backoff_until: Option<Instant>,
+    /// Whole-request failures since the last response with results.
+    request_failures: u32,
     round_robin: usize,
     last_stats: Instant,
     gauge: Arc<BufferGauge>,
@@ -228,6 +232,7 @@ impl Engine {
             shutdown: None,
             global_backoff: Backoff::default(),
             global_backoff_until: None,
+            request_failures: 0,
             round_robin: 0,
             last_stats: now,
             gauge,
@@ -305,6 +310,7 @@ impl Engine {
             Ok(results) => {
                 self.global_backoff.reset();
                 self.global_backoff_until = None;
+                self.request_failures = 0;
                 let mut backoff_shards: Vec<Arc<str>> = Vec::new();
                 for (record, result) in records.into_iter().zip(results) {
                     let shard = self.index.get(&record.shard).copied();
@@ -386,7 +392,13 @@ impl Engine {
                     _ => retry::classify_request(error.code.as_deref(), error.status),
                 };
                 if matches!(decision, Decision::Retry { .. }) {
-                    self.global_backoff_until = Some(now + self.global_backoff.next_delay());
+                    // One failed request among successful ones (a latency spike, a dropped
+                    // connection) is retried at once; failures in a row mean the endpoint is
+                    // in trouble, and then all sending backs off.
+                    self.request_failures += 1;
+                    if self.request_failures >= ENDPOINT_BACKOFF_AFTER {
+                        self.global_backoff_until = Some(now + self.global_backoff.next_delay());
+                    }
                 }
                 for record in records {
                     if let Some(&i) = self.index.get(&record.shard) {

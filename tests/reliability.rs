@@ -56,6 +56,9 @@ fn builder(aggregation: bool, limits: bool) -> ProducerBuilder {
         .max_buffered_time(Duration::from_millis(20))
         .max_buffered_records(MAX_RECORDS)
         .max_buffered_bytes(MAX_BYTES)
+        // Far beyond any case's run time (debug builds on a loaded 2-core CI machine are slow);
+        // the outage cases set their own TTLs.
+        .record_ttl(Duration::from_secs(120))
 }
 
 async fn build(sim: &Simulator, b: ProducerBuilder) -> Producer {
