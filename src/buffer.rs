@@ -3,6 +3,8 @@
 //! Two semaphores: `add` takes one record permit and one byte permit per byte (data + partition
 //! key) before it queues a record; the engine gives them back when the record is resolved. So
 //! everything held, queued, in flight or waiting for a retry, counts until its future resolves.
+//! The engine's ledger counts the same records on its own; `stats()` reports both, so tests
+//! can check one against the other.
 
 use tokio::sync::Semaphore;
 
@@ -69,6 +71,17 @@ impl BufferGauge {
     pub fn bytes_held(&self) -> usize {
         self.max_bytes
             .saturating_sub(self.bytes.available_permits())
+    }
+
+    /// Room for records now, as the semaphore has it (above `max_records` after a double
+    /// release).
+    pub fn records_free(&self) -> usize {
+        self.records.available_permits()
+    }
+
+    /// Room for bytes now, as the semaphore has it.
+    pub fn bytes_free(&self) -> usize {
+        self.bytes.available_permits()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Producer configuration: a typed builder with `DEFAULT_*` constants, validated in `build()`.
 
 use crate::error::ConfigError;
+use crate::limits::{MAX_RECORDS_PER_REQUEST, MAX_REQUEST_BYTES};
 use std::time::Duration;
 
 /// Default: aggregate user records into KPL aggregates.
@@ -10,13 +11,9 @@ pub const DEFAULT_AGGREGATION_MAX_SIZE: usize = 51_200;
 /// Default most user records in one aggregate.
 pub const DEFAULT_AGGREGATION_MAX_COUNT: usize = 4_294_967_295;
 /// Records per PutRecords request (the API limit).
-pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = 500;
-/// Most records per PutRecords request the API allows.
-pub const MAX_RECORDS_PER_REQUEST_LIMIT: usize = 500;
+pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = MAX_RECORDS_PER_REQUEST;
 /// Default request byte limit (data + partition keys): 5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
-/// Largest request byte limit that may be configured: 10 MiB.
-pub const MAX_REQUEST_BYTES_LIMIT: usize = 10 * 1024 * 1024;
 /// Default longest time a record waits to be batched.
 pub const DEFAULT_MAX_BUFFERED_TIME: Duration = Duration::from_millis(100);
 /// Default time-to-live of a record, retries included.
@@ -35,12 +32,6 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_SHARD_MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// Default time `shutdown()` waits for records before failing the rest.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default record size limit when the service does not report `MaxRecordSizeInKiB`: 1 MiB.
-pub const DEFAULT_MAX_RECORD_SIZE: usize = 1024 * 1024;
-/// Per-shard write limit in records per second (API).
-pub const SHARD_RECORDS_PER_SEC: u64 = 1_000;
-/// Per-shard write limit in bytes per second (API), data + partition key.
-pub const SHARD_BYTES_PER_SEC: u64 = 1024 * 1024;
 
 /// The stream to write to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,14 +177,14 @@ impl ProducerConfig {
                 "must be at least 1",
             ));
         }
-        if !(1..=MAX_RECORDS_PER_REQUEST_LIMIT).contains(&self.max_records_per_request) {
+        if !(1..=MAX_RECORDS_PER_REQUEST).contains(&self.max_records_per_request) {
             return Err(out_of_range(
                 "max_records_per_request",
                 self.max_records_per_request,
                 "1 to 500 (PutRecords limit)",
             ));
         }
-        if !(1..=MAX_REQUEST_BYTES_LIMIT).contains(&self.max_request_bytes) {
+        if !(1..=MAX_REQUEST_BYTES).contains(&self.max_request_bytes) {
             return Err(out_of_range(
                 "max_request_bytes",
                 self.max_request_bytes,
@@ -299,7 +290,7 @@ mod tests {
             (
                 "max_request_bytes",
                 ProducerConfig {
-                    max_request_bytes: MAX_REQUEST_BYTES_LIMIT + 1,
+                    max_request_bytes: MAX_REQUEST_BYTES + 1,
                     ..valid()
                 },
             ),

@@ -24,7 +24,8 @@
 //! # }
 //! ```
 //!
-//! See `producer` for backpressure, cancellation and shutdown, and `engine` for the pipeline.
+//! See [`producer`] for backpressure, cancellation and shutdown, and `ARCHITECTURE.md` for the
+//! pipeline, step by step.
 
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
@@ -38,21 +39,20 @@ pub mod error;
 pub mod hash_key;
 pub mod kinesis;
 pub mod limiter;
+pub mod limits;
 pub mod metrics;
-mod producer;
+pub mod producer;
 pub mod record;
 pub mod retry;
 pub mod shard_map;
-mod stats;
+pub mod stats;
 
 pub use aggregation::{deaggregate, DeaggregateError, DeaggregatedRecord};
 pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
-pub use engine::FailureCallback;
 pub use error::{AddError, BuildError, ConfigError, RecordError, ValidationError};
 pub use hash_key::HashKey;
 pub use kinesis::{Kinesis, SdkKinesis};
-pub use producer::{
-    PendingRecord, Producer, ProducerBuilder, ProducerClosed, MAX_PARTITION_KEY_CHARS,
-};
+pub use limits::MAX_PARTITION_KEY_CHARS;
+pub use producer::{FailureCallback, PendingRecord, Producer, ProducerBuilder, ProducerClosed};
 pub use record::{Attempt, PutOutcome, UserRecord};
 pub use stats::{ShardStats, Stats};

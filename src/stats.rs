@@ -15,10 +15,17 @@ pub struct Stats {
     pub records_failed: u64,
     /// Of the failed, those whose TTL expired.
     pub records_expired: u64,
-    /// User records held now (queued, in flight or awaiting retry).
+    /// User records the engine holds now (queued, in flight or awaiting retry), by its own
+    /// count (records accepted by `add` but not yet taken in by the engine are not included).
     pub records_pending: u64,
-    /// Bytes (data + partition keys) held now.
+    /// Bytes (data + partition keys) the engine holds now, by its own count.
     pub bytes_pending: u64,
+    /// Room left for records in the buffer bound: `max_buffered_records` minus the records
+    /// `add` has reserved and the engine has not given back (the semaphore's free permits, not
+    /// clamped: a double release shows as more room than the bound).
+    pub buffer_records_free: u64,
+    /// Room left for bytes in the buffer bound, likewise.
+    pub buffer_bytes_free: u64,
     /// Kinesis records stored (an aggregate counts once).
     pub kinesis_records_put: u64,
     /// Bytes stored, as the service counts them (data + partition key of Kinesis records).
@@ -60,8 +67,8 @@ impl ShardStats {
     pub fn utilization(&self, window: Duration) -> f64 {
         let secs = window.as_secs_f64().max(1e-9);
         let records =
-            self.kinesis_records_put as f64 / secs / crate::config::SHARD_RECORDS_PER_SEC as f64;
-        let bytes = self.bytes_put as f64 / secs / crate::config::SHARD_BYTES_PER_SEC as f64;
+            self.kinesis_records_put as f64 / secs / crate::limits::SHARD_RECORDS_PER_SEC as f64;
+        let bytes = self.bytes_put as f64 / secs / crate::limits::SHARD_BYTES_PER_SEC as f64;
         records.max(bytes)
     }
 }
@@ -81,6 +88,10 @@ pub(crate) struct SharedStats {
     pub retries: AtomicU64,
     pub stranded_resent: AtomicU64,
     pub shard_map_refreshes: AtomicU64,
+    /// Published by the engine's ledger.
+    pub records_pending: AtomicU64,
+    /// Published by the engine's ledger.
+    pub bytes_pending: AtomicU64,
     pub shards: Mutex<Vec<ShardStats>>,
 }
 
@@ -99,6 +110,8 @@ impl SharedStats {
             retries: AtomicU64::new(0),
             stranded_resent: AtomicU64::new(0),
             shard_map_refreshes: AtomicU64::new(0),
+            records_pending: AtomicU64::new(0),
+            bytes_pending: AtomicU64::new(0),
             shards: Mutex::new(Vec::new()),
         })
     }
@@ -107,14 +120,17 @@ impl SharedStats {
         counter.fetch_add(n, Relaxed);
     }
 
-    pub fn snapshot(&self, records_pending: u64, bytes_pending: u64) -> Stats {
+    /// The counters, with the buffer's free room as the semaphores report it.
+    pub fn snapshot(&self, buffer_records_free: u64, buffer_bytes_free: u64) -> Stats {
         Stats {
             records_received: self.records_received.load(Relaxed),
             records_put: self.records_put.load(Relaxed),
             records_failed: self.records_failed.load(Relaxed),
             records_expired: self.records_expired.load(Relaxed),
-            records_pending,
-            bytes_pending,
+            records_pending: self.records_pending.load(Relaxed),
+            bytes_pending: self.bytes_pending.load(Relaxed),
+            buffer_records_free,
+            buffer_bytes_free,
             kinesis_records_put: self.kinesis_records_put.load(Relaxed),
             bytes_put: self.bytes_put.load(Relaxed),
             requests: self.requests.load(Relaxed),

@@ -1,0 +1,211 @@
+//! From shard queues to requests: each shard's records become Kinesis records (aggregated or
+//! not), pass its limiter and enter the collector; full or due batches wait in the outbox and
+//! leave as PutRecords requests while fewer than `max_in_flight` are in flight and the endpoint
+//! is not backing off. Records past their TTL never leave.
+
+use super::entry::{Entry, KRecord};
+use super::{Action, Engine, InFlight};
+use crate::collector::Batch;
+use crate::config::Ordering;
+use crate::kinesis::{PutRecordsEntry, PutRecordsRequest};
+use crate::retry::Backoff;
+use std::time::Instant;
+
+/// Whole-request failures in a row after which all sending backs off.
+const ENDPOINT_BACKOFF_AFTER: u32 = 2;
+
+/// The stream-wide back-off: one failed request among successful ones (a latency spike, a
+/// dropped connection) is retried at once; failures in a row mean the endpoint is in trouble,
+/// and then all sending backs off.
+#[derive(Default)]
+pub(super) struct EndpointBackoff {
+    backoff: Backoff,
+    until: Option<Instant>,
+    failures: u32,
+}
+
+impl EndpointBackoff {
+    /// A response with per-record results arrived.
+    pub fn answered(&mut self) {
+        self.backoff.reset();
+        self.until = None;
+        self.failures = 0;
+    }
+
+    /// A whole request failed with a retryable error.
+    pub fn failed(&mut self, now: Instant) {
+        self.failures += 1;
+        if self.failures >= ENDPOINT_BACKOFF_AFTER {
+            self.until = Some(now + self.backoff.next_delay());
+        }
+    }
+
+    /// When sending may resume, if it is paused at `now`.
+    pub fn paused_until(&mut self, now: Instant) -> Option<Instant> {
+        if self.until.is_some_and(|t| t <= now) {
+            self.until = None;
+        }
+        self.until
+    }
+
+    pub fn until(&self) -> Option<Instant> {
+        self.until
+    }
+}
+
+impl Engine {
+    fn saturated(&self) -> bool {
+        self.in_flight.len() + self.outbox.len() >= self.s.config.max_in_flight
+    }
+
+    /// Moves what shard `i` may send now into the collector, and sets the shard's wake time.
+    pub(super) fn drain_shard(
+        &mut self,
+        i: usize,
+        now: Instant,
+        flushing: bool,
+        expired: &mut Vec<Entry>,
+    ) {
+        let saturated = self.saturated();
+        let per_shard = self.s.config.ordering == Ordering::PerShard;
+        let st = &mut self.shards[i];
+        st.wake = None;
+        while st.queue.front().is_some_and(|e| e.deadline <= now) {
+            expired.push(st.pop_front().expect("front exists"));
+        }
+        let head_deadline = st.queue.front().map(|e| e.deadline);
+        if st.queue.is_empty() && st.sealed.is_none() {
+            return;
+        }
+        if let Some(t) = st.backoff_until.filter(|t| *t > now) {
+            st.wake = Some(head_deadline.map_or(t, |d| d.min(t)));
+            return;
+        }
+        st.backoff_until = None;
+        if (per_shard && st.outstanding.get() > 0) || saturated {
+            st.wake = head_deadline;
+            return;
+        }
+        loop {
+            let st = &mut self.shards[i];
+            if st.sealed.is_none() {
+                let Some(front) = st.queue.front() else { break };
+                if self.s.aggregation && !flushing {
+                    let due = front
+                        .arrival
+                        .checked_add(self.s.config.max_buffered_time)
+                        .unwrap_or(front.arrival);
+                    let full = st.queued_bytes >= self.s.config.aggregation_max_size
+                        || st.queue.len() >= self.s.config.aggregation_max_count;
+                    if !full && due > now {
+                        st.wake = Some(due.min(front.deadline));
+                        break;
+                    }
+                }
+                st.sealed = Some(st.build_record(&mut self.aggregator, self.s.aggregation));
+            }
+            let size = st.sealed.as_ref().map_or(0, |r| r.size);
+            if let Err(at) = st.limiter.try_acquire(size, now) {
+                st.wake = Some(head_deadline.map_or(at, |d| d.min(at)));
+                break;
+            }
+            let record = st.sealed.take().expect("sealed record");
+            self.ledger.sent(&mut st.outstanding);
+            let oldest = record.oldest;
+            if let Some(batch) = self.collector.push(record, size, oldest, now) {
+                self.outbox.push_back(batch);
+            }
+            if self.collector.is_full() {
+                self.outbox.push_back(self.collector.take());
+            }
+            if per_shard || self.saturated() {
+                let st = &mut self.shards[i];
+                if !per_shard {
+                    st.wake = st.queue.front().map(|e| e.deadline);
+                }
+                break;
+            }
+        }
+    }
+
+    /// Sends batches from the outbox while the in-flight limit and the endpoint allow.
+    pub(super) fn send_ready(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        while self.in_flight.len() < self.s.config.max_in_flight
+            && self.endpoint.paused_until(now).is_none()
+        {
+            let Some(mut batch) = self.outbox.pop_front() else {
+                break;
+            };
+            // A batch may wait in the outbox (endpoint back-off, max_in_flight) past its
+            // records' TTL: never send those.
+            self.take_expired(&mut batch, now);
+            if !batch.records.is_empty() {
+                actions.push(self.dispatch(batch, now));
+            }
+        }
+    }
+
+    /// Takes the Kinesis records holding an entry past its TTL out of `batch`: the expired
+    /// entries fail, the others go back to the front of their shard's queue, in order.
+    fn take_expired(&mut self, batch: &mut Batch<KRecord>, now: Instant) {
+        if batch.records.iter().all(|r| r.live(now)) {
+            return;
+        }
+        let mut back: Vec<Entry> = Vec::new();
+        for r in std::mem::take(&mut batch.records) {
+            if r.live(now) {
+                batch.records.push(r);
+                continue;
+            }
+            batch.bytes = batch.bytes.saturating_sub(r.size);
+            self.returned(&r);
+            back.extend(r.entries);
+        }
+        self.put_back(back, now);
+    }
+
+    fn dispatch(&mut self, mut batch: Batch<KRecord>, now: Instant) -> Action {
+        self.next_request += 1;
+        let id = self.next_request;
+        let mut user_records = 0usize;
+        let mut wire = Vec::with_capacity(batch.records.len());
+        for r in &mut batch.records {
+            user_records += r.entries.len();
+            self.telemetry
+                .packed(r.entries.len(), now.saturating_duration_since(r.oldest));
+            // The wire form is only read here (a retry rebuilds it from the entries): move it
+            // out instead of copying every partition key.
+            wire.push(std::mem::replace(
+                &mut r.wire,
+                PutRecordsEntry {
+                    data: bytes::Bytes::new(),
+                    partition_key: String::new(),
+                    explicit_hash_key: None,
+                },
+            ));
+        }
+        self.telemetry.dispatched(user_records);
+        self.in_flight.insert(
+            id,
+            InFlight {
+                records: batch.records,
+                start: now,
+            },
+        );
+        Action::Send {
+            id,
+            request: PutRecordsRequest {
+                stream: self.s.stream.clone(),
+                records: wire,
+            },
+        }
+    }
+
+    /// A Kinesis record left the pipeline (answered, taken back or failed): its shard has one
+    /// fewer outstanding.
+    pub(super) fn returned(&mut self, r: &KRecord) {
+        if let Some(st) = self.shards.by_id(&r.shard) {
+            self.ledger.returned(&mut st.outstanding);
+        }
+    }
+}

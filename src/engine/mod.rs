@@ -1,0 +1,367 @@
+//! The engine: the synchronous core that owns all producer state and makes every decision.
+//!
+//! ```text
+//!  on_record ──► shard queue ──► aggregator ──► sealed Kinesis record ──► limiter ──► collector
+//!   (per predicted shard)        (optional)      (one per shard)        (per shard)     │
+//!                                                                                       ▼
+//!  on_response ◄── dispatch (at most max_in_flight) ◄───────────────────────────── outbox
+//!     │ success: resolve futures; a record stored off its predicted shard → refresh the map
+//!     │ retryable failure: back to the front of its shard's queue, shard backs off
+//!     └ permanent failure: resolve with the service's error
+//! ```
+//!
+//! The engine does no I/O and never reads the clock: every entry point takes `now`, and
+//! [`Engine::poll`] returns the I/O to perform as [`Action`]s. The driver in
+//! `producer/driver.rs` moves messages, performs actions and sleeps until
+//! [`Engine::next_deadline`]; tests drive the same core with a virtual clock. The steps live in
+//! sibling files: `shard` (per-shard state and the shard set), `dispatch` (from queues to
+//! requests), `outcome` (responses, retries, expiry), `ledger` (what is held; the only place
+//! buffer room is given back) and `telemetry` (stats, metrics and the failure callback).
+
+mod dispatch;
+mod entry;
+mod ledger;
+mod outcome;
+mod shard;
+mod telemetry;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use entry::{Entry, Reply};
+
+use crate::aggregation::Aggregator;
+use crate::buffer::BufferGauge;
+use crate::collector::{Batch, Collector};
+use crate::config::{ProducerConfig, StreamRef};
+use crate::error::RecordError;
+use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry};
+use crate::limiter::ShardLimiter;
+use crate::limits::{SHARD_BYTES_PER_SEC, SHARD_RECORDS_PER_SEC};
+use crate::metrics::Metrics;
+use crate::producer::FailureCallback;
+use crate::record::Attempt;
+use crate::retry;
+use crate::shard_map::{RefreshSchedule, ShardInfo, ShardMap};
+use crate::stats::{ShardStats, SharedStats};
+use dispatch::EndpointBackoff;
+use entry::KRecord;
+use ledger::Ledger;
+use shard::{ShardState, Shards};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use telemetry::{Telemetry, STATS_PERIOD};
+use tokio::sync::oneshot;
+
+/// A request in flight.
+struct InFlight {
+    records: Vec<KRecord>,
+    start: Instant,
+}
+
+/// An aggregate stored on a shard the map did not know yet: its sub-records are checked
+/// against that shard's range once the refreshed map arrives.
+struct Parked {
+    record: KRecord,
+    shard_id: Arc<str>,
+    sequence_number: Arc<str>,
+    attempt: Attempt,
+}
+
+/// I/O the engine asks the loop to perform.
+pub(crate) enum Action {
+    /// Send a PutRecords request; feed the result to [`Engine::on_response`] with `id`.
+    Send { id: u64, request: PutRecordsRequest },
+    /// Call ListShards; feed the result to [`Engine::on_shard_map`].
+    RefreshShardMap,
+}
+
+/// What the engine needs: the configuration, plus what was derived from it and the stream.
+#[derive(Clone)]
+pub(crate) struct EngineSettings {
+    pub config: ProducerConfig,
+    pub stream: StreamRef,
+    /// Aggregate: configured, and the stream's distribution is not `AUTO`.
+    pub aggregation: bool,
+    /// Records/s and bytes/s allowed per shard; `None`: unlimited.
+    pub shard_rate: Option<(f64, f64)>,
+    /// `false` when the stream's record distribution is `AUTO`.
+    pub predict: bool,
+    pub on_failure: Option<FailureCallback>,
+}
+
+impl EngineSettings {
+    pub fn new(config: &ProducerConfig, stream: StreamRef, predict: bool) -> Self {
+        let pct = config.rate_limit_percent as f64 / 100.0;
+        EngineSettings {
+            config: config.clone(),
+            stream,
+            // Under AUTO distribution records land anywhere, and KCL drops sub-records that
+            // hash outside their shard: aggregation would hide records from consumers.
+            aggregation: config.aggregation && predict,
+            shard_rate: config.rate_limiting.then_some((
+                SHARD_RECORDS_PER_SEC as f64 * pct,
+                SHARD_BYTES_PER_SEC as f64 * pct,
+            )),
+            predict,
+            on_failure: None,
+        }
+    }
+}
+
+/// The producer's synchronous core.
+pub(crate) struct Engine {
+    s: EngineSettings,
+    shards: Shards,
+    aggregator: Aggregator,
+    collector: Collector<KRecord>,
+    outbox: VecDeque<Batch<KRecord>>,
+    in_flight: HashMap<u64, InFlight>,
+    next_request: u64,
+    ledger: Ledger,
+    refresh: RefreshSchedule,
+    parked: Vec<Parked>,
+    shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
+    endpoint: EndpointBackoff,
+    round_robin: usize,
+    telemetry: Telemetry,
+    scratch: Vec<Entry>,
+}
+
+impl Engine {
+    pub fn new(
+        s: EngineSettings,
+        map: ShardMap,
+        gauge: Arc<BufferGauge>,
+        stats: Arc<SharedStats>,
+        metrics: Metrics,
+        now: Instant,
+    ) -> Self {
+        let mut engine = Engine {
+            aggregator: Aggregator::new(
+                s.config.aggregation_max_size,
+                s.config.aggregation_max_count,
+            ),
+            collector: Collector::new(s.config.max_records_per_request, s.config.max_request_bytes),
+            refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
+            shards: Shards::new(s.predict),
+            outbox: VecDeque::new(),
+            in_flight: HashMap::new(),
+            next_request: 0,
+            ledger: Ledger::new(gauge, stats.clone()),
+            parked: Vec::new(),
+            shutdown: None,
+            endpoint: EndpointBackoff::default(),
+            round_robin: 0,
+            telemetry: Telemetry::new(stats, metrics, s.on_failure.clone(), now),
+            scratch: Vec::new(),
+            s,
+        };
+        engine.install_map(map, now);
+        engine
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// A new user record (validated by `add`; its buffer room already taken).
+    pub fn on_record(&mut self, mut entry: Entry, now: Instant) {
+        self.ledger.admit(&mut entry);
+        self.telemetry.received();
+        if self
+            .shutdown
+            .as_ref()
+            .is_some_and(|(deadline, _)| now >= *deadline)
+        {
+            self.resolve(entry, Err(RecordError::ShutDown { attempts: vec![] }));
+            return;
+        }
+        self.shards.enqueue_back(entry);
+    }
+
+    /// `flush()`: `reply` fires once every record received so far is resolved.
+    pub fn on_flush(&mut self, reply: oneshot::Sender<()>) {
+        self.ledger.flush(reply);
+    }
+
+    /// `shutdown()` or the last handle dropped: drain everything, then stop. Past the deadline
+    /// what is left fails with [`RecordError::ShutDown`].
+    pub fn on_shutdown(&mut self, reply: Option<oneshot::Sender<()>>, now: Instant) {
+        let deadline = retry::saturating_add(now, self.s.config.shutdown_timeout);
+        let (d, replies) = self.shutdown.get_or_insert_with(|| (deadline, Vec::new()));
+        *d = (*d).min(deadline);
+        replies.extend(reply);
+    }
+
+    /// Whether the engine has shut down and holds nothing: the loop may end.
+    pub fn is_finished(&self) -> bool {
+        self.shutdown.is_some() && self.ledger.held() == 0
+    }
+
+    /// The result of a request sent by [`Action::Send`].
+    pub fn on_response(
+        &mut self,
+        id: u64,
+        result: Result<Vec<PutRecordsResultEntry>, ClientError>,
+        now: Instant,
+    ) {
+        let Some(request) = self.in_flight.remove(&id) else {
+            return; // failed already at the shutdown deadline
+        };
+        self.telemetry
+            .answered(now.saturating_duration_since(request.start));
+        let retry = match result {
+            Ok(results) => self.on_results(request, results, now),
+            Err(error) => self.on_request_error(request, error, now),
+        };
+        self.requeue(retry, now);
+    }
+
+    /// The result of an [`Action::RefreshShardMap`].
+    pub fn on_shard_map(&mut self, result: Result<Vec<ShardInfo>, ClientError>, now: Instant) {
+        let shards = match result {
+            Ok(shards) if shards.iter().any(|s| s.open) => shards,
+            Ok(_) => {
+                self.telemetry.error("NoOpenShards");
+                self.refresh.finished(false, now);
+                return;
+            }
+            Err(e) => {
+                self.telemetry.error(&e.code_or_kind());
+                self.refresh.finished(false, now);
+                return;
+            }
+        };
+        self.refresh.finished(true, now);
+        self.telemetry.map_refreshed();
+        self.install_map(ShardMap::new(shards), now);
+        let mut retry_entries = Vec::new();
+        for p in std::mem::take(&mut self.parked) {
+            self.check_stranded(
+                p.record,
+                p.shard_id,
+                p.sequence_number,
+                p.attempt,
+                &mut retry_entries,
+            );
+        }
+        self.requeue(retry_entries, now);
+    }
+
+    // ---- decisions ----------------------------------------------------------------------
+
+    /// Does everything due at `now` and returns the I/O to perform.
+    pub fn poll(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        if self.refresh.start_if_due(now) {
+            actions.push(Action::RefreshShardMap);
+        }
+        if let Some((deadline, _)) = &self.shutdown {
+            if now >= *deadline {
+                self.fail_everything(now);
+            }
+        }
+        let flushing = self.ledger.flushing() || self.shutdown.is_some();
+        let n = self.shards.len();
+        if n > 0 {
+            self.round_robin = (self.round_robin + 1) % n;
+        }
+        let mut expired = std::mem::take(&mut self.scratch);
+        for k in 0..n {
+            let i = (self.round_robin + k) % n;
+            self.drain_shard(i, now, flushing, &mut expired);
+        }
+        for e in expired.drain(..) {
+            self.expire(e);
+        }
+        self.scratch = expired;
+        if let Some(batch) =
+            self.collector
+                .take_ready(now, self.s.config.max_buffered_time, flushing)
+        {
+            self.outbox.push_back(batch);
+        }
+        self.send_ready(now, actions);
+        if now.saturating_duration_since(self.telemetry.last_published) >= STATS_PERIOD {
+            self.publish_stats(now);
+        }
+        if self.shutdown.is_some() && self.ledger.held() == 0 {
+            // Publish before answering, so `stats()` after `shutdown()` is final.
+            self.publish_stats(now);
+            for reply in self
+                .shutdown
+                .as_mut()
+                .map(|(_, r)| std::mem::take(r))
+                .unwrap_or_default()
+            {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// When [`Engine::poll`] next has something to do without new input.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut at = |x: Option<Instant>| {
+            if let Some(x) = x {
+                t = Some(t.map_or(x, |t| t.min(x)));
+            }
+        };
+        at(self.refresh.next_due());
+        at(self.shutdown.as_ref().map(|(d, _)| *d));
+        if self.in_flight.len() < self.s.config.max_in_flight && !self.outbox.is_empty() {
+            // Dispatch when the endpoint's back-off ends, or at once.
+            at(Some(
+                self.endpoint
+                    .until()
+                    .unwrap_or(self.telemetry.last_published),
+            ));
+        }
+        at(self.collector.due_at(self.s.config.max_buffered_time));
+        for st in self.shards.iter() {
+            at(st.wake);
+        }
+        if self.ledger.held() > 0 {
+            at(Some(self.telemetry.last_published + STATS_PERIOD));
+        }
+        t
+    }
+
+    /// Replaces the shard map. Shards that remain keep their state; records queued for shards
+    /// that are gone move to the shards that now hold their hash keys, in order.
+    fn install_map(&mut self, map: ShardMap, now: Instant) {
+        // Under AUTO one pseudo-shard carries the whole stream's rate.
+        let scale = if self.s.predict {
+            1.0
+        } else {
+            map.len().max(1) as f64
+        };
+        let (rate, predict, telemetry) = (self.s.shard_rate, self.s.predict, &self.telemetry);
+        let limiter = move || match rate {
+            Some((records, bytes)) => ShardLimiter::new(records * scale, bytes * scale, now),
+            None => ShardLimiter::unlimited(now),
+        };
+        let orphans = self.shards.install(
+            map,
+            |info| {
+                let t = telemetry.shard(&info.id);
+                ShardState::new(info, limiter(), t)
+            },
+            |st| {
+                if !predict {
+                    st.limiter = limiter();
+                }
+            },
+        );
+        for e in orphans {
+            self.shards.enqueue_back(e);
+        }
+    }
+
+    fn publish_stats(&mut self, now: Instant) {
+        let shards = self.shards.iter().map(|s| ShardStats {
+            rate_factor: s.limiter.rate_factor(),
+            ..s.telemetry.stats.clone()
+        });
+        self.telemetry
+            .publish(shards, self.ledger.held(), self.ledger.bytes(), now);
+    }
+}

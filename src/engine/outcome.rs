@@ -1,0 +1,373 @@
+//! Outcomes: what a response, a failure or the TTL does to the records it concerns.
+//!
+//! A stored Kinesis record resolves its user records, unless it is an aggregate that landed on
+//! a shard whose range does not hold some sub-records (the map was stale): those are re-sent,
+//! the only re-send after a success. A retryable failure puts records back at the front of
+//! their shard's queue, in order, and backs the shard off; a permanent one resolves them with
+//! the service's error. Every delivery goes through [`Engine::resolve`] or
+//! [`Engine::resolve_stored`], which release the records in the ledger first.
+
+use super::entry::{Entry, KRecord};
+use super::{Engine, InFlight, Parked};
+use crate::error::RecordError;
+use crate::kinesis::{ClientError, ClientErrorKind, PutRecordsResultEntry};
+use crate::record::{Attempt, PutOutcome};
+use crate::retry::{self, Decision};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Error code recorded on an attempt whose aggregate landed outside a sub-record's shard.
+pub(crate) const STRANDED_CODE: &str = "SubRecordOutsideShardRange";
+/// Error code recorded on an attempt still in flight when the shutdown deadline passed.
+pub(crate) const SHUTDOWN_IN_FLIGHT_CODE: &str = "ShutDownInFlight";
+
+impl Engine {
+    /// Per-record results of a request: each Kinesis record stored or failed on its own.
+    pub(super) fn on_results(
+        &mut self,
+        InFlight { records, start }: InFlight,
+        results: Vec<PutRecordsResultEntry>,
+        now: Instant,
+    ) -> Vec<Entry> {
+        let duration = now.saturating_duration_since(start);
+        self.endpoint.answered();
+        let mut retry_entries = Vec::new();
+        let mut backoff_shards: Vec<Arc<str>> = Vec::new();
+        for (record, result) in records.into_iter().zip(results) {
+            self.returned(&record);
+            match result {
+                PutRecordsResultEntry::Ok {
+                    shard_id,
+                    sequence_number,
+                } => {
+                    let telemetry = self.shards.by_id(&record.shard).map(|st| {
+                        st.backoff.reset();
+                        &mut st.telemetry
+                    });
+                    self.telemetry.stored(record.size, telemetry);
+                    let attempt = Attempt {
+                        start,
+                        duration,
+                        error_code: None,
+                        error_message: None,
+                    };
+                    self.on_stored(
+                        record,
+                        shard_id,
+                        sequence_number,
+                        attempt,
+                        &mut retry_entries,
+                    );
+                }
+                PutRecordsResultEntry::Err { code, message } => {
+                    self.telemetry.error(&code);
+                    let decision = retry::classify_code(&code);
+                    if decision == (Decision::Retry { throttled: true }) {
+                        if let Some(st) = self.shards.by_id(&record.shard) {
+                            st.limiter.on_throttle(now);
+                            self.telemetry.throttled(&mut st.telemetry);
+                        }
+                    }
+                    if decision != Decision::Fail && !backoff_shards.contains(&record.shard) {
+                        backoff_shards.push(record.shard.clone());
+                    }
+                    let attempt = Attempt {
+                        start,
+                        duration,
+                        error_code: Some(code.clone()),
+                        error_message: Some(message.clone()),
+                    };
+                    self.on_failed(record, decision, code, message, attempt, &mut retry_entries);
+                }
+            }
+        }
+        for id in backoff_shards {
+            if let Some(st) = self.shards.by_id(&id) {
+                st.backoff_until = Some(now + st.backoff.next_delay());
+            }
+        }
+        retry_entries
+    }
+
+    /// A request that failed as a whole: every record in it shares the error.
+    pub(super) fn on_request_error(
+        &mut self,
+        InFlight { records, start }: InFlight,
+        error: ClientError,
+        now: Instant,
+    ) -> Vec<Entry> {
+        let duration = now.saturating_duration_since(start);
+        let code = error.code_or_kind();
+        self.telemetry.error(&code);
+        let cancelled = error.kind == ClientErrorKind::Cancelled;
+        let decision = if cancelled {
+            Decision::Fail
+        } else {
+            retry::classify_request(error.code.as_deref(), error.status)
+        };
+        if matches!(decision, Decision::Retry { .. }) {
+            self.endpoint.failed(now);
+        }
+        let mut retry_entries = Vec::new();
+        for record in records {
+            self.returned(&record);
+            if decision == (Decision::Retry { throttled: true }) {
+                if let Some(st) = self.shards.by_id(&record.shard) {
+                    st.limiter.on_throttle(now);
+                }
+            }
+            let attempt = Attempt {
+                start,
+                duration,
+                error_code: Some(code.clone()),
+                error_message: Some(error.message.clone()),
+            };
+            if cancelled {
+                for mut e in record.entries {
+                    e.attempts.push(attempt.clone());
+                    let attempts = std::mem::take(&mut e.attempts);
+                    self.resolve(e, Err(RecordError::ShutDown { attempts }));
+                }
+                continue;
+            }
+            let message = error.message.clone();
+            self.on_failed(
+                record,
+                decision,
+                code.clone(),
+                message,
+                attempt,
+                &mut retry_entries,
+            );
+        }
+        retry_entries
+    }
+
+    /// A Kinesis record was stored on `shard_id`.
+    fn on_stored(
+        &mut self,
+        record: KRecord,
+        shard_id: Arc<str>,
+        sequence_number: Arc<str>,
+        attempt: Attempt,
+        retry_entries: &mut Vec<Entry>,
+    ) {
+        if !self.s.predict || shard_id == record.shard {
+            self.resolve_stored(
+                record.entries,
+                record.aggregated,
+                &shard_id,
+                &sequence_number,
+                &attempt,
+            );
+            return;
+        }
+        // The map is stale. A plain record always lands where its hash key belongs: it
+        // succeeded. An aggregate's sub-records may now lie outside the storing shard's range.
+        self.refresh.request();
+        self.telemetry.mispredicted();
+        if !record.aggregated {
+            self.resolve_stored(record.entries, false, &shard_id, &sequence_number, &attempt);
+        } else if self.shards.map.shard(&shard_id).is_some() {
+            self.check_stranded(record, shard_id, sequence_number, attempt, retry_entries);
+        } else {
+            self.parked.push(Parked {
+                record,
+                shard_id,
+                sequence_number,
+                attempt,
+            });
+        }
+    }
+
+    /// Resolves an aggregate's sub-records that lie in the storing shard's range; re-sends the
+    /// others (KCL would drop them).
+    pub(super) fn check_stranded(
+        &mut self,
+        record: KRecord,
+        shard_id: Arc<str>,
+        sequence_number: Arc<str>,
+        attempt: Attempt,
+        retry_entries: &mut Vec<Entry>,
+    ) {
+        let Some(range) = self.shards.map.shard(&shard_id).cloned() else {
+            // Not even the refreshed map knows the shard: nothing to check against.
+            self.resolve_stored(record.entries, true, &shard_id, &sequence_number, &attempt);
+            return;
+        };
+        for (i, mut e) in record.entries.into_iter().enumerate() {
+            if range.contains(e.hash_key) {
+                e.attempts.push(attempt.clone());
+                let attempts = std::mem::take(&mut e.attempts);
+                self.resolve(
+                    e,
+                    Ok(PutOutcome {
+                        shard_id: shard_id.clone(),
+                        sequence_number: sequence_number.clone(),
+                        sub_sequence_number: Some(i as u64),
+                        attempts,
+                    }),
+                );
+            } else {
+                self.telemetry.stranded();
+                e.attempts.push(Attempt {
+                    error_code: Some(STRANDED_CODE.into()),
+                    error_message: Some(
+                        format!("stored in {shard_id} ({sequence_number}) whose hash range does not hold the record's hash key; re-sent").into(),
+                    ),
+                    ..attempt.clone()
+                });
+                retry_entries.push(e);
+            }
+        }
+    }
+
+    /// Resolves the user records of one stored Kinesis record.
+    fn resolve_stored(
+        &mut self,
+        entries: Vec<Entry>,
+        aggregated: bool,
+        shard_id: &Arc<str>,
+        sequence_number: &Arc<str>,
+        attempt: &Attempt,
+    ) {
+        // Buffer room, stats and metrics once per Kinesis record rather than once per user
+        // record, before any future resolves (as `resolve` does).
+        self.ledger.release(&entries);
+        self.telemetry.put(entries.len());
+        for (i, mut e) in entries.into_iter().enumerate() {
+            // Fire-and-forget records have no future: no outcome to build.
+            if let Some(reply) = e.reply.take() {
+                e.attempts.push(attempt.clone());
+                let attempts = std::mem::take(&mut e.attempts);
+                let _ = reply.send(Ok(PutOutcome {
+                    shard_id: shard_id.clone(),
+                    sequence_number: sequence_number.clone(),
+                    sub_sequence_number: aggregated.then_some(i as u64),
+                    attempts,
+                }));
+            }
+            self.ledger.delivered(e.seq);
+        }
+    }
+
+    fn on_failed(
+        &mut self,
+        record: KRecord,
+        decision: Decision,
+        code: Arc<str>,
+        message: Arc<str>,
+        attempt: Attempt,
+        retry_entries: &mut Vec<Entry>,
+    ) {
+        for mut e in record.entries {
+            e.attempts.push(attempt.clone());
+            match decision {
+                Decision::Retry { .. } => retry_entries.push(e),
+                Decision::Fail => {
+                    let attempts = std::mem::take(&mut e.attempts);
+                    self.resolve(
+                        e,
+                        Err(RecordError::Rejected {
+                            code: code.clone(),
+                            message: message.clone(),
+                            attempts,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Records to retry: counted, then put back (see [`Engine::put_back`]).
+    pub(super) fn requeue(&mut self, entries: Vec<Entry>, now: Instant) {
+        let retries = entries.iter().filter(|e| e.deadline > now).count();
+        self.telemetry.retried(retries);
+        self.put_back(entries, now);
+    }
+
+    /// Puts records back at the front of their shard's queue, in their order, ahead of newer
+    /// records, to be drained at the next poll; records past their TTL fail instead.
+    pub(super) fn put_back(&mut self, entries: Vec<Entry>, now: Instant) {
+        let mut by_shard: Vec<Vec<Entry>> = Vec::new();
+        for e in entries {
+            if e.deadline <= now {
+                self.expire(e);
+                continue;
+            }
+            let i = self.shards.slot_for(e.hash_key);
+            if by_shard.len() <= i {
+                by_shard.resize_with(i + 1, Vec::new);
+            }
+            by_shard[i].push(e);
+        }
+        for (i, list) in by_shard.into_iter().enumerate() {
+            let st = &mut self.shards[i];
+            if !list.is_empty() {
+                st.wake = Some(now);
+            }
+            for e in list.into_iter().rev() {
+                st.push_front(e);
+            }
+        }
+    }
+
+    pub(super) fn expire(&mut self, mut e: Entry) {
+        let attempts = std::mem::take(&mut e.attempts);
+        self.telemetry.expired();
+        let ttl = self.s.config.record_ttl;
+        self.resolve(e, Err(RecordError::Expired { ttl, attempts }));
+    }
+
+    /// Delivers a record's result, gives its buffer room back and counts it.
+    pub(super) fn resolve(&mut self, e: Entry, result: Result<PutOutcome, RecordError>) {
+        self.ledger.release([&e]);
+        match &result {
+            Ok(_) => self.telemetry.put(1),
+            Err(err) => self.telemetry.failed(&e, err),
+        }
+        let seq = e.seq;
+        if let Some(reply) = e.reply {
+            let _ = reply.send(result);
+        }
+        self.ledger.delivered(seq);
+    }
+
+    /// Shutdown deadline: every record still held fails.
+    pub(super) fn fail_everything(&mut self, now: Instant) {
+        let mut all: Vec<Entry> = Vec::new();
+        for st in self.shards.iter_mut() {
+            all.extend(st.drain_held());
+        }
+        let collected = self.collector.take();
+        let outbox: Vec<KRecord> = self.outbox.drain(..).flat_map(|b| b.records).collect();
+        for r in collected.records.into_iter().chain(outbox) {
+            self.returned(&r);
+            all.extend(r.entries);
+        }
+        // A request still in flight may yet be applied: say so in the record's attempts, so
+        // the error does not claim the record was not stored.
+        for (_, f) in std::mem::take(&mut self.in_flight) {
+            let attempt = Attempt {
+                start: f.start,
+                duration: now.saturating_duration_since(f.start),
+                error_code: Some(SHUTDOWN_IN_FLIGHT_CODE.into()),
+                error_message: Some(
+                    "the shutdown deadline passed while the request was in flight; the record may have been stored".into(),
+                ),
+            };
+            for r in f.records {
+                self.returned(&r);
+                for mut e in r.entries {
+                    e.attempts.push(attempt.clone());
+                    all.push(e);
+                }
+            }
+        }
+        all.extend(self.parked.drain(..).flat_map(|p| p.record.entries));
+        for mut e in all {
+            let attempts = std::mem::take(&mut e.attempts);
+            self.resolve(e, Err(RecordError::ShutDown { attempts }));
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Telemetry: turns each engine event into its `stats()` counters, its `metrics` and, for a
+//! fire-and-forget record that fails, the user's callback, so the engine names an event once
+//! instead of updating three sinks side by side.
+
+use super::entry::Entry;
+use crate::error::RecordError;
+use crate::metrics::{Metrics, ShardMetrics};
+use crate::producer::FailureCallback;
+use crate::stats::{ShardStats, SharedStats};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How often per-shard stats are published to handles.
+pub(super) const STATS_PERIOD: Duration = Duration::from_secs(1);
+
+pub(super) struct Telemetry {
+    pub(super) stats: Arc<SharedStats>,
+    metrics: Metrics,
+    on_failure: Option<FailureCallback>,
+    /// When per-shard stats were last published.
+    pub last_published: Instant,
+}
+
+/// One shard's counters and metric handles.
+pub(super) struct ShardTelemetry {
+    pub stats: ShardStats,
+    metrics: ShardMetrics,
+}
+
+impl Telemetry {
+    pub fn new(
+        stats: Arc<SharedStats>,
+        metrics: Metrics,
+        on_failure: Option<FailureCallback>,
+        now: Instant,
+    ) -> Self {
+        Telemetry {
+            stats,
+            metrics,
+            on_failure,
+            last_published: now,
+        }
+    }
+
+    /// Counters and handles for a shard new to the map.
+    pub fn shard(&self, shard_id: &str) -> ShardTelemetry {
+        ShardTelemetry {
+            stats: ShardStats {
+                shard_id: shard_id.to_string(),
+                rate_factor: 1.0,
+                ..Default::default()
+            },
+            metrics: self.metrics.shard(shard_id),
+        }
+    }
+
+    pub fn received(&self) {
+        SharedStats::add(&self.stats.records_received, 1);
+        self.metrics.received.increment(1);
+    }
+
+    /// A Kinesis record of `user_records` user records, the oldest buffered for `buffered`,
+    /// goes into a request.
+    pub fn packed(&self, user_records: usize, buffered: Duration) {
+        self.metrics.buffering_time.record(buffered.as_secs_f64());
+        self.metrics.per_kinesis_record.record(user_records as f64);
+    }
+
+    /// A request of `user_records` user records left for the service.
+    pub fn dispatched(&self, user_records: usize) {
+        self.metrics.per_request.record(user_records as f64);
+    }
+
+    /// A request was answered (with any outcome) after `took`.
+    pub fn answered(&self, took: Duration) {
+        SharedStats::add(&self.stats.requests, 1);
+        self.metrics.requests.increment(1);
+        self.metrics.request_time.record(took.as_secs_f64());
+    }
+
+    pub fn error(&self, code: &str) {
+        self.metrics.error(code);
+    }
+
+    /// A Kinesis record of `size` bytes was stored (on a shard the map knows, if `shard`).
+    pub fn stored(&self, size: usize, shard: Option<&mut ShardTelemetry>) {
+        SharedStats::add(&self.stats.kinesis_records_put, 1);
+        SharedStats::add(&self.stats.bytes_put, size as u64);
+        self.metrics.kinesis_put.increment(1);
+        self.metrics.bytes_put.increment(size as u64);
+        if let Some(st) = shard {
+            st.stats.kinesis_records_put += 1;
+            st.stats.bytes_put += size as u64;
+            st.metrics.kinesis_put.increment(1);
+        }
+    }
+
+    /// The service throttled a Kinesis record of `shard`.
+    pub fn throttled(&self, shard: &mut ShardTelemetry) {
+        shard.stats.throttles += 1;
+        shard.metrics.throttles.increment(1);
+        SharedStats::add(&self.stats.throttles, 1);
+        self.metrics.throttles.increment(1);
+    }
+
+    /// `n` user records were stored.
+    pub fn put(&self, n: usize) {
+        SharedStats::add(&self.stats.records_put, n as u64);
+        self.metrics.put.increment(n as u64);
+    }
+
+    /// A user record finally failed; an untracked one goes to the callback.
+    pub fn failed(&self, e: &Entry, error: &RecordError) {
+        SharedStats::add(&self.stats.records_failed, 1);
+        self.metrics.failed.increment(1);
+        if e.reply.is_none() {
+            if let Some(cb) = &self.on_failure {
+                cb(&e.record, error);
+            }
+        }
+    }
+
+    /// Of the failed, one whose TTL ran out.
+    pub fn expired(&self) {
+        SharedStats::add(&self.stats.records_expired, 1);
+        self.metrics.expired.increment(1);
+    }
+
+    pub fn retried(&self, n: usize) {
+        SharedStats::add(&self.stats.retries, n as u64);
+        self.metrics.retries.increment(n as u64);
+    }
+
+    /// A sub-record stored outside its shard's range is sent again.
+    pub fn stranded(&self) {
+        SharedStats::add(&self.stats.stranded_resent, 1);
+        self.metrics.stranded.increment(1);
+    }
+
+    pub fn mispredicted(&self) {
+        self.metrics.mispredictions.increment(1);
+    }
+
+    pub fn map_refreshed(&self) {
+        SharedStats::add(&self.stats.shard_map_refreshes, 1);
+        self.metrics.refreshes.increment(1);
+    }
+
+    /// Publishes per-shard stats to handles and the pending gauges to metrics.
+    pub fn publish(
+        &mut self,
+        shards: impl Iterator<Item = ShardStats>,
+        held: usize,
+        bytes: usize,
+        now: Instant,
+    ) {
+        self.last_published = now;
+        let shards: Vec<ShardStats> = shards.collect();
+        if let Ok(mut guard) = self.stats.shards.lock() {
+            *guard = shards;
+        }
+        self.metrics.records_pending.set(held as f64);
+        self.metrics.bytes_pending.set(bytes as f64);
+    }
+}
