@@ -329,7 +329,13 @@ async fn run(a: Args) -> bool {
             while sampling.load(Ordering::Relaxed) {
                 let s = p.stats();
                 max_pending.fetch_max(s.records_pending, Ordering::Relaxed);
-                if s.records_pending > MAX_RECORDS as u64 || s.bytes_pending > MAX_BYTES as u64 {
+                // The engine's own count within the bound, and the semaphores never showing
+                // more room than the bound (a double release).
+                if s.records_pending > MAX_RECORDS as u64
+                    || s.bytes_pending > MAX_BYTES as u64
+                    || s.buffer_records_free > MAX_RECORDS as u64
+                    || s.buffer_bytes_free > MAX_BYTES as u64
+                {
                     breaches += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -432,6 +438,12 @@ async fn run(a: Args) -> bool {
             && stats.records_put + stats.records_failed == accepted
             && stats.records_pending == 0,
         format!("stats do not add up: {stats:?} for {accepted} accepted"),
+    );
+    check(
+        (stats.buffer_records_free, stats.buffer_bytes_free)
+            == (MAX_RECORDS as u64, MAX_BYTES as u64)
+            && stats.bytes_pending == 0,
+        format!("the ledger and the buffer's semaphores disagree after shutdown: {stats:?}"),
     );
     check(
         counters.accepted_records() >= stats.kinesis_records_put,

@@ -11,13 +11,14 @@
 //! shard's hash range; every other stored copy (and every copy of a failed record) is explained
 //! by an attempt whose outcome was unknown (timeout, dropped connection, in flight at the
 //! shutdown deadline) or by a stranded sub-record re-send; the stream holds nothing else.
-//! [`BoundSampler`] watches `stats()` for the buffer bound while a case runs.
+//! [`BoundSampler`] watches `stats()` for the buffer bound while a case runs, comparing the
+//! engine's own count of what it holds with the buffer's semaphores.
 #![allow(dead_code)]
 
 use bytes::Bytes;
 use kinesis_producer::aggregation::MAGIC;
 use kinesis_producer::{
-    deaggregate, HashKey, PendingRecord, Producer, PutOutcome, RecordError, UserRecord,
+    deaggregate, HashKey, PendingRecord, Producer, PutOutcome, RecordError, Stats, UserRecord,
 };
 use kinesis_sim::Simulator;
 use std::collections::HashMap;
@@ -217,7 +218,17 @@ pub fn verify(sim: &Simulator, stream: &str, outcomes: &[Outcome]) -> Verdict {
 }
 
 /// Samples `stats()` while a case runs and records any breach of the buffer bound.
+///
+/// Two independent counts meet here: the engine's ledger (`records_pending`, `bytes_pending`:
+/// what the engine holds, counted as records enter and leave it) and the buffer's semaphores
+/// (`buffer_records_free`, `buffer_bytes_free`: permits `add` took and the engine gave back).
+/// While the case runs, the ledger must stay within the bound (a lost or double release lets
+/// `add` admit more than the bound) and the semaphores must never show more room than the bound
+/// (a double release). When the case has settled, ledger and semaphores must agree exactly:
+/// pending + free = bound, records and bytes alike.
 pub struct BoundSampler {
+    producer: Producer,
+    bound: (u64, u64),
     stop: Arc<AtomicBool>,
     handle: tokio::task::JoinHandle<Samples>,
 }
@@ -231,9 +242,38 @@ pub struct Samples {
     pub breaches: Vec<String>,
 }
 
+/// What is wrong with one `stats()` snapshot against the bound while records may be in transit
+/// between `add` and the engine, if anything.
+pub fn bound_breach(st: &Stats, max_records: u64, max_bytes: u64) -> Option<String> {
+    (st.records_pending > max_records
+        || st.bytes_pending > max_bytes
+        || st.buffer_records_free > max_records
+        || st.buffer_bytes_free > max_bytes)
+        .then(|| {
+            format!(
+                "ledger {} records / {} bytes pending, semaphores {} / {} free (bound {max_records} / {max_bytes})",
+                st.records_pending, st.bytes_pending, st.buffer_records_free, st.buffer_bytes_free
+            )
+        })
+}
+
+/// Asserts that the ledger and the semaphores agree exactly once nothing is in transit (every
+/// accepted record taken in by the engine): pending + free = bound.
+pub fn assert_bound_agrees(st: &Stats, max_records: u64, max_bytes: u64) {
+    assert_eq!(
+        (
+            st.records_pending + st.buffer_records_free,
+            st.bytes_pending + st.buffer_bytes_free
+        ),
+        (max_records, max_bytes),
+        "the engine's ledger and the buffer's semaphores disagree: {st:?}"
+    );
+}
+
 impl BoundSampler {
     /// Samples every `every` until [`BoundSampler::finish`].
     pub fn start(p: &Producer, max_records: u64, max_bytes: u64, every: Duration) -> Self {
+        let producer = p.clone();
         let p = p.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -244,20 +284,21 @@ impl BoundSampler {
                 s.samples += 1;
                 s.max_records = s.max_records.max(st.records_pending);
                 s.max_bytes = s.max_bytes.max(st.bytes_pending);
-                if st.records_pending > max_records || st.bytes_pending > max_bytes {
-                    s.breaches.push(format!(
-                        "{} records / {} bytes pending (bound {max_records} / {max_bytes})",
-                        st.records_pending, st.bytes_pending
-                    ));
-                }
+                s.breaches.extend(bound_breach(&st, max_records, max_bytes));
                 tokio::time::sleep(every).await;
             }
             s
         });
-        BoundSampler { stop, handle }
+        BoundSampler {
+            producer,
+            bound: (max_records, max_bytes),
+            stop,
+            handle,
+        }
     }
 
-    /// Stops sampling; asserts the bound held and at least one sample was taken.
+    /// Stops sampling once the case has settled (every accepted record resolved); asserts the
+    /// bound held, at least one sample was taken, and ledger and semaphores agree now.
     pub async fn finish(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
         let s = self.handle.await.expect("sampler task");
@@ -267,6 +308,7 @@ impl BoundSampler {
             s.breaches
         );
         assert!(s.samples > 0);
+        assert_bound_agrees(&self.producer.stats(), self.bound.0, self.bound.1);
         s
     }
 }
