@@ -56,9 +56,12 @@
 //! - `wire`: format constants, field tags, varints, the bounds-checked reader.
 //! - `encode`: [`Aggregator`] and its exact size plan.
 //! - `decode`: [`deaggregate`] and its errors.
+//! - `testing` (tests and the `testing` feature only): helpers shared by the tests.
 
 mod decode;
 mod encode;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod wire;
 
 pub use decode::{deaggregate, DeaggregateError, DeaggregatedRecord};

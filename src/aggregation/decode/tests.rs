@@ -1,15 +1,6 @@
-use md5::{Digest, Md5};
-
 use super::*;
+use crate::aggregation::testing::framed;
 use crate::aggregation::{Aggregator, TryPush};
-
-/// MAGIC + `protobuf` + MD5(`protobuf`).
-fn framed(protobuf: &[u8]) -> Bytes {
-    let mut data = MAGIC.to_vec();
-    data.extend_from_slice(protobuf);
-    data.extend_from_slice(&Md5::digest(protobuf));
-    Bytes::from(data)
-}
 
 fn decode(protobuf: &[u8]) -> Result<Vec<DeaggregatedRecord>, DeaggregateError> {
     deaggregate("outer", Some("1"), framed(protobuf))

@@ -2,15 +2,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::*;
+use crate::aggregation::testing::framed;
 use crate::aggregation::{deaggregate, MAGIC};
-
-/// MAGIC + `protobuf` + MD5(`protobuf`).
-fn framed(protobuf: &[u8]) -> Bytes {
-    let mut data = MAGIC.to_vec();
-    data.extend_from_slice(protobuf);
-    data.extend_from_slice(&Md5::digest(protobuf));
-    Bytes::from(data)
-}
 
 /// The aggregate's contents: (partition key table, explicit hash key table,
 /// records as (pk index, ehk index, data)), read with a minimal independent walk.
@@ -347,57 +340,11 @@ fn varint_transitions_in_tables() {
 
 mod props {
     use super::*;
+    use crate::aggregation::testing::{cases, user_record, UserRecord};
     use proptest::prelude::*;
 
-    /// Case count: `PROPTEST_CASES` if set, else `default`.
-    fn cases(default: u32) -> u32 {
-        std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
-    /// Deterministic filler, so that large data costs no per-byte strategy work.
-    fn filled(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
-
-    fn key() -> impl Strategy<Value = String> {
-        prop_oneof![
-            // A small pool, so that keys repeat and get deduplicated.
-            (0u8..4).prop_map(|i| format!("pool-{i}")),
-            prop::collection::vec(any::<char>(), 1..=256).prop_map(String::from_iter),
-        ]
-    }
-
-    fn explicit_hash_key() -> impl Strategy<Value = Option<String>> {
-        prop_oneof![
-            Just(None),
-            (0u8..3).prop_map(|i| Some(format!("{}", u128::MAX / 3 * u128::from(i)))),
-            any::<u128>().prop_map(|v| Some(v.to_string())),
-        ]
-    }
-
-    fn data() -> impl Strategy<Value = Vec<u8>> {
-        prop_oneof![
-            4 => Just(Vec::new()),
-            8 => prop::collection::vec(any::<u8>(), 0..300),
-            1 => (0usize..=100_000, any::<u64>()).prop_map(|(len, seed)| filled(len, seed)),
-        ]
-    }
-
-    type UserRecord = (String, Option<String>, Vec<u8>);
-
     fn records() -> impl Strategy<Value = Vec<UserRecord>> {
-        prop::collection::vec((key(), explicit_hash_key(), data()), 0..40)
+        prop::collection::vec(user_record(100_000), 0..40)
     }
 
     fn limits() -> impl Strategy<Value = (usize, usize)> {
@@ -456,48 +403,6 @@ mod props {
                 decoded.extend(out.into_iter().map(|r| (r.partition_key, r.explicit_hash_key, r.data.to_vec())));
             }
             prop_assert_eq!(decoded, records);
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(
-            bytes in prop::collection::vec(any::<u8>(), 0..600),
-            framing in 0u8..3,
-        ) {
-            let data = match framing {
-                0 => bytes.clone(),
-                1 => [&MAGIC[..], &bytes].concat(),
-                _ => framed(&bytes).to_vec(),
-            };
-            let _ = deaggregate("pk", None, Bytes::from(data));
-        }
-
-        #[test]
-        fn mutated_aggregates_never_panic(
-            records in prop::collection::vec((key(), explicit_hash_key(), prop::collection::vec(any::<u8>(), 0..40)), 1..8),
-            mutations in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..6),
-        ) {
-            let mut agg = Aggregator::new(usize::MAX, usize::MAX);
-            for (pk, ehk, data) in &records {
-                prop_assert_eq!(agg.try_push(pk, ehk.as_deref(), data), TryPush::Added);
-            }
-            let data = agg.finish().unwrap().data;
-            let mut protobuf = data[4..data.len() - 16].to_vec();
-            for (at, byte, kind) in mutations {
-                if protobuf.is_empty() {
-                    break;
-                }
-                let i = at.index(protobuf.len());
-                match kind {
-                    0 => protobuf[i] = byte,
-                    1 => protobuf.truncate(i),
-                    2 => protobuf.insert(i, byte),
-                    _ => { protobuf.remove(i); }
-                }
-            }
-            // A valid MD5 over the mutated protobuf, so the decoder must look inside.
-            if let Ok(out) = deaggregate("pk", None, framed(&protobuf)) {
-                prop_assert!(!out.is_empty());
-            }
         }
     }
 }
