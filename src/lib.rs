@@ -45,7 +45,7 @@ pub mod retry;
 pub mod shard_map;
 mod stats;
 
-pub use aggregation::{deaggregate, DeaggregateError, DeaggregatedRecord};
+pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
 pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 pub use engine::FailureCallback;
 pub use error::{AddError, BuildError, ConfigError, RecordError, ValidationError};

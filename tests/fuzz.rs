@@ -14,7 +14,7 @@ use bytes::Bytes;
 use kinesis_producer::aggregation::testing::{cases, framed, protobuf_like, user_record};
 use kinesis_producer::aggregation::{Aggregator, TryPush, MAGIC};
 use kinesis_producer::hash_key::ExplicitHashKeyError;
-use kinesis_producer::{deaggregate, HashKey};
+use kinesis_producer::{deaggregate, deaggregate_strict, DeaggregateError, HashKey};
 use proptest::prelude::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -91,25 +91,35 @@ fn aggregate(records: &[(String, Option<String>, Vec<u8>)]) -> Option<Vec<u8>> {
 fn deaggregate_checked(data: Vec<u8>) -> Result<(), TestCaseError> {
     let len = data.len();
     let bytes = Bytes::from(data);
-    let (result, peak) = peak_allocation(|| deaggregate("outer", Some("7"), bytes.clone()));
-    // Sub-record data shares the input buffer; tables and keys are at most a few copies of
-    // the input: anything beyond that grows with a length field, not with the input.
-    prop_assert!(
-        peak <= 8 * len + 64 * 1024,
-        "deaggregate held {} bytes for a {}-byte input",
-        peak,
-        len
-    );
-    if let Ok(subs) = result {
+    for strict in [false, true] {
+        let (result, peak) = peak_allocation(|| {
+            if strict {
+                deaggregate_strict("outer", Some("7"), bytes.clone())
+            } else {
+                deaggregate("outer", Some("7"), bytes.clone())
+            }
+        });
+        // Sub-record data shares the input buffer; tables and keys are at most a few copies
+        // of the input: anything beyond that grows with a length field, not with the input.
         prop_assert!(
-            subs.len() <= len.max(1),
-            "{} records from {} bytes",
-            subs.len(),
+            peak <= 8 * len + 64 * 1024,
+            "deaggregate (strict: {}) held {} bytes for a {}-byte input",
+            strict,
+            peak,
             len
         );
-        prop_assert!(!subs.is_empty(), "Ok with no record");
-        let data: usize = subs.iter().map(|s| s.data.len()).sum();
-        prop_assert!(data <= len);
+        if let Ok(subs) = result {
+            // Only the consumer's reading yields nothing, for an aggregate without records.
+            prop_assert!(!strict || !subs.is_empty(), "Ok with no record");
+            prop_assert!(
+                subs.len() <= len.max(1),
+                "{} records from {} bytes",
+                subs.len(),
+                len
+            );
+            let data: usize = subs.iter().map(|s| s.data.len()).sum();
+            prop_assert!(data <= len);
+        }
     }
     Ok(())
 }
@@ -169,11 +179,20 @@ proptest! {
             }
         }
         deaggregate_checked(framed(&protobuf).to_vec())?;
-        // Mutated without fixing the digest: refused, never misread.
+        // Mutated without fixing the digest: refused by the strict reading, passed on whole
+        // as one plain record by the consumer's (as the KCL does), never misread.
         let mut raw = data.clone();
         let i = cut.index(raw.len() - MAGIC.len()) + MAGIC.len();
         raw[i] ^= 0x5A;
-        prop_assert!(deaggregate("outer", None, Bytes::from(raw)).is_err());
+        let raw = Bytes::from(raw);
+        let is_digest_mismatch = matches!(
+            deaggregate_strict("outer", None, raw.clone()),
+            Err(DeaggregateError::DigestMismatch { .. })
+        );
+        prop_assert!(is_digest_mismatch);
+        let plain = deaggregate("outer", None, raw.clone()).unwrap();
+        prop_assert_eq!(plain.len(), 1);
+        prop_assert_eq!(&plain[0].data, &raw);
     }
 }
 

@@ -123,28 +123,78 @@ pub enum DeaggregateError {
     Empty,
 }
 
-/// Turns a Kinesis record into its user records.
+/// Turns a Kinesis record into its user records, as a KCL consumer reads them.
+///
+/// A record that is not a well-formed aggregate is one plain user record with the given
+/// partition key, explicit hash key and data, exactly as the KCL (`AggregatorUtil`) and
+/// aws-kinesis-agg deliver it: data without the [`MAGIC`] prefix, data of 20 bytes or fewer
+/// (magic plus MD5 trailer and nothing to decode), a trailer that is not the MD5 of the bytes
+/// between, and a protobuf that a protobuf parser refuses (truncated, a varint longer than ten
+/// bytes, a length past the end, field number 0, wire type 6 or 7, an unmatched group, a
+/// missing required field: `Record.partition_key_index`, `Record.data` or `Tag.key`). Fields
+/// are read as protobuf parsers read them: unknown fields, known fields with another wire type
+/// and groups are skipped, and the last of repeated scalar values wins. A well-formed aggregate
+/// without records yields no user record. [`deaggregate_strict`] refuses all of these instead.
+///
+/// # Errors
+///
+/// Two cases where the references deliver something and this refuses, so that no user record
+/// is silently lost or invented:
+/// - [`DeaggregateError::KeyIndexOutOfRange`]: a record points past a key table. The KCL and
+///   aws-kinesis-agg deliver the records before it, log an error and drop the rest.
+/// - [`DeaggregateError::InvalidUtf8`]: a key a record uses is not UTF-8. The KCL substitutes
+///   U+FFFD, aws-kinesis-agg hands out the raw bytes.
+///
+/// The function never panics, and never allocates on the word of a length field: every length
+/// is checked against the input first, and what it allocates is bounded by the input size. The
+/// records' data shares `data`'s buffer.
+pub fn deaggregate(
+    partition_key: &str,
+    explicit_hash_key: Option<&str>,
+    data: Bytes,
+) -> Result<Vec<DeaggregatedRecord>, DeaggregateError> {
+    let plain = |data: Bytes| {
+        Ok(vec![DeaggregatedRecord {
+            partition_key: partition_key.to_owned(),
+            explicit_hash_key: explicit_hash_key.map(str::to_owned),
+            data,
+            sub_sequence_number: 0,
+        }])
+    };
+    if data.len() <= FRAMING_LEN || data[..MAGIC.len()] != MAGIC || digest_mismatch(&data).is_some()
+    {
+        return plain(data);
+    }
+    match decode(&data, true) {
+        Ok(records) => Ok(records),
+        Err(
+            e
+            @ (DeaggregateError::KeyIndexOutOfRange { .. } | DeaggregateError::InvalidUtf8 { .. }),
+        ) => Err(e),
+        Err(_) => plain(data),
+    }
+}
+
+/// Turns a Kinesis record into its user records, refusing anything but a well-formed aggregate
+/// written as producers write it.
 ///
 /// Data without the [`MAGIC`] prefix, or shorter than 20 bytes (magic plus MD5 trailer, so it
 /// cannot be an aggregate), is one plain user record with the given partition key and explicit
 /// hash key. Data with the magic is decoded strictly: a bad MD5, a truncated or malformed
-/// protobuf (bad varint, wrong wire type, length past the end, key index out of range, key not
-/// UTF-8, missing required field) or an aggregate without records is an error that names what
-/// is wrong. Tags and unknown fields are skipped.
+/// protobuf (bad varint, wrong wire type, group, length past the end, key index out of range,
+/// key not UTF-8, missing required field) or an aggregate without records is an error that
+/// names what is wrong. Tags and unknown fields are skipped (a tag must still have its key).
 ///
-/// Unlike the KCL, which treats a record with the magic but a bad MD5 as a plain record, this
-/// returns [`DeaggregateError::DigestMismatch`]: a broken aggregate is never passed on as user
-/// data. Producers that send raw user data starting with the magic bytes will see this error.
+/// Use it to check what a producer wrote; [`deaggregate`] reads as consumers do, and passes a
+/// broken aggregate on as one plain record.
 ///
 /// # Errors
 ///
 /// A [`DeaggregateError`] when `data` starts with the magic, is at least 20 bytes long and is
 /// not a valid aggregate of at least one record.
 ///
-/// The function never panics, and never allocates on the word of a length field: every length
-/// is checked against the input first, and what it allocates is bounded by the input size. The
-/// records' data shares `data`'s buffer.
-pub fn deaggregate(
+/// Like [`deaggregate`], it never panics and never allocates on the word of a length field.
+pub fn deaggregate_strict(
     partition_key: &str,
     explicit_hash_key: Option<&str>,
     data: Bytes,
@@ -157,45 +207,66 @@ pub fn deaggregate(
             sub_sequence_number: 0,
         }]);
     }
+    if let Some(mismatch) = digest_mismatch(&data) {
+        return Err(mismatch);
+    }
+    let records = decode(&data, false)?;
+    if records.is_empty() {
+        return Err(DeaggregateError::Empty);
+    }
+    Ok(records)
+}
 
+/// The [`DeaggregateError::DigestMismatch`] of `data` (magic, protobuf, trailer; at least 20
+/// bytes), or `None` when the trailer is right.
+fn digest_mismatch(data: &[u8]) -> Option<DeaggregateError> {
     let protobuf_end = data.len() - DIGEST_LEN;
     let protobuf = &data[MAGIC.len()..protobuf_end];
     let mut trailer = [0u8; DIGEST_LEN];
     trailer.copy_from_slice(&data[protobuf_end..]);
     let actual: [u8; DIGEST_LEN] = Md5::digest(protobuf).into();
-    if actual != trailer {
-        return Err(DeaggregateError::DigestMismatch {
-            expected: u128::from_be_bytes(trailer),
-            actual: u128::from_be_bytes(actual),
-            protobuf_len: protobuf.len(),
-        });
-    }
+    (actual != trailer).then(|| DeaggregateError::DigestMismatch {
+        expected: u128::from_be_bytes(trailer),
+        actual: u128::from_be_bytes(actual),
+        protobuf_len: protobuf.len(),
+    })
+}
 
+/// Decodes the protobuf between magic and trailer (digest already checked). Lenient decoding
+/// reads as protobuf parsers do (see [`Reader`]) and checks UTF-8 only in keys that records
+/// use; strict decoding refuses other wire types and groups and checks every table entry.
+fn decode(data: &Bytes, lenient: bool) -> Result<Vec<DeaggregatedRecord>, DeaggregateError> {
+    let protobuf_end = data.len() - DIGEST_LEN;
     // First pass: the tables, and where each record message lies.
-    let mut partition_keys: Vec<&str> = Vec::new();
-    let mut explicit_hash_keys: Vec<&str> = Vec::new();
+    let mut partition_keys: Vec<&[u8]> = Vec::new();
+    let mut explicit_hash_keys: Vec<&[u8]> = Vec::new();
     let mut records: Vec<(usize, usize)> = Vec::new();
-    let mut reader = Reader::new(&data, MAGIC.len(), protobuf_end, "AggregatedRecord");
+    let mut reader =
+        Reader::new(data, MAGIC.len(), protobuf_end, "AggregatedRecord").lenient(lenient);
     while let Some((field, wire_type, tag_offset)) = reader.tag()? {
-        match field {
-            1..=3 => {
-                reader.expect_wire_type(field, wire_type, WIRE_LEN, tag_offset)?;
-                let (start, end) = reader.length_delimited(FIELD_NAMES[field as usize])?;
-                match field {
-                    1 => partition_keys.push(utf8(&data[start..end], 1, partition_keys.len())?),
-                    2 => explicit_hash_keys.push(utf8(
-                        &data[start..end],
-                        2,
-                        explicit_hash_keys.len(),
-                    )?),
-                    _ => records.push((start, end)),
-                }
-            }
-            _ => reader.skip(wire_type)?,
+        if !(1..=3).contains(&field)
+            || !wire_type_ok(&reader, field, wire_type, WIRE_LEN, tag_offset)?
+        {
+            reader.skip(field, wire_type)?;
+            continue;
         }
-    }
-    if records.is_empty() {
-        return Err(DeaggregateError::Empty);
+        let (start, end) = reader.length_delimited(FIELD_NAMES[field as usize])?;
+        let bytes = &data[start..end];
+        match field {
+            1 => {
+                if !lenient {
+                    utf8(bytes, 1, partition_keys.len())?;
+                }
+                partition_keys.push(bytes);
+            }
+            2 => {
+                if !lenient {
+                    utf8(bytes, 2, explicit_hash_keys.len())?;
+                }
+                explicit_hash_keys.push(bytes);
+            }
+            _ => records.push((start, end)),
+        }
     }
 
     // Second pass: each record.
@@ -204,11 +275,21 @@ pub fn deaggregate(
         let mut pk_index = None;
         let mut ehk_index = None;
         let mut payload = None;
-        let mut reader = Reader::new(&data, start, end, "Record");
+        let mut reader = Reader::new(data, start, end, "Record").lenient(lenient);
         while let Some((field, wire_type, tag_offset)) = reader.tag()? {
+            let expected = if field == 1 || field == 2 {
+                WIRE_VARINT
+            } else {
+                WIRE_LEN
+            };
+            if !(1..=4).contains(&field)
+                || !wire_type_ok(&reader, field, wire_type, expected, tag_offset)?
+            {
+                reader.skip(field, wire_type)?;
+                continue;
+            }
             match field {
                 1 | 2 => {
-                    reader.expect_wire_type(field, wire_type, WIRE_VARINT, tag_offset)?;
                     let value = reader.varint(FIELD_NAMES[3 + field as usize])?;
                     if field == 1 {
                         pk_index = Some(value);
@@ -216,12 +297,11 @@ pub fn deaggregate(
                         ehk_index = Some(value);
                     }
                 }
-                3 => {
-                    reader.expect_wire_type(field, wire_type, WIRE_LEN, tag_offset)?;
-                    payload = Some(reader.length_delimited("Record.data")?);
+                3 => payload = Some(reader.length_delimited("Record.data")?),
+                _ => {
+                    let (start, end) = reader.length_delimited("Record.tags")?;
+                    check_tag(data, start, end, record, lenient)?;
                 }
-                // Field 4 (tags) and unknown fields are skipped, after bounds checks.
-                _ => reader.skip(wire_type)?,
             }
         }
         let pk_index = pk_index.ok_or(DeaggregateError::MissingField {
@@ -247,6 +327,55 @@ pub fn deaggregate(
     Ok(out)
 }
 
+/// Whether a known field has its declared wire type. If not, a strict reader fails and a
+/// lenient one answers `false` (the field is then skipped as unknown).
+fn wire_type_ok(
+    reader: &Reader<'_>,
+    field: u64,
+    wire_type: u8,
+    expected: u8,
+    tag_offset: usize,
+) -> Result<bool, DeaggregateError> {
+    if reader.is_lenient() {
+        Ok(wire_type == expected)
+    } else {
+        reader
+            .expect_wire_type(field, wire_type, expected, tag_offset)
+            .map(|()| true)
+    }
+}
+
+/// Checks one `Tag {1: required string key; 2: optional string value}` message: well formed,
+/// with a key. Its contents are not used.
+fn check_tag(
+    data: &[u8],
+    start: usize,
+    end: usize,
+    record: usize,
+    lenient: bool,
+) -> Result<(), DeaggregateError> {
+    let mut reader = Reader::new(data, start, end, "Tag").lenient(lenient);
+    let mut has_key = false;
+    while let Some((field, wire_type, tag_offset)) = reader.tag()? {
+        if (field == 1 || field == 2)
+            && wire_type_ok(&reader, field, wire_type, WIRE_LEN, tag_offset)?
+        {
+            reader.length_delimited(if field == 1 { "Tag.key" } else { "Tag.value" })?;
+            has_key |= field == 1;
+        } else {
+            reader.skip(field, wire_type)?;
+        }
+    }
+    if has_key {
+        Ok(())
+    } else {
+        Err(DeaggregateError::MissingField {
+            record,
+            field: "tags.key",
+        })
+    }
+}
+
 /// Names for error messages: table names by field number, then Record index fields.
 const FIELD_NAMES: [&str; 6] = [
     "",
@@ -265,20 +394,21 @@ fn utf8(bytes: &[u8], field: u64, index: usize) -> Result<&str, DeaggregateError
 }
 
 fn table_entry<'a>(
-    table: &[&'a str],
+    table: &[&'a [u8]],
     index: u64,
     record: usize,
     field: u64,
 ) -> Result<&'a str, DeaggregateError> {
-    usize::try_from(index)
+    let i = usize::try_from(index)
         .ok()
-        .and_then(|i| table.get(i).copied())
+        .filter(|&i| i < table.len())
         .ok_or(DeaggregateError::KeyIndexOutOfRange {
             record,
             table: FIELD_NAMES[field as usize],
             index,
             table_len: table.len(),
-        })
+        })?;
+    utf8(table[i], field, i)
 }
 
 #[cfg(test)]

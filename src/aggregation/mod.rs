@@ -64,6 +64,6 @@ mod encode;
 pub mod testing;
 mod wire;
 
-pub use decode::{deaggregate, DeaggregateError, DeaggregatedRecord};
+pub use decode::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
 pub use encode::{Aggregate, Aggregator, TryPush};
 pub use wire::MAGIC;

@@ -15,7 +15,12 @@ pub(super) const FRAMING_LEN: usize = MAGIC.len() + DIGEST_LEN;
 pub(super) const WIRE_VARINT: u8 = 0;
 pub(super) const WIRE_FIXED64: u8 = 1;
 pub(super) const WIRE_LEN: u8 = 2;
+pub(super) const WIRE_START_GROUP: u8 = 3;
+pub(super) const WIRE_END_GROUP: u8 = 4;
 pub(super) const WIRE_FIXED32: u8 = 5;
+
+/// Nesting depth of groups a lenient reader skips (protobuf parsers' usual recursion limit).
+const MAX_GROUP_DEPTH: usize = 100;
 
 // Field tags (field number << 3 | wire type) written by the encoder.
 pub(super) const TAG_PARTITION_KEY: u8 = 1 << 3 | WIRE_LEN;
@@ -56,6 +61,10 @@ pub(super) struct Reader<'a> {
     pos: usize,
     end: usize,
     message: &'static str,
+    /// Read as a protobuf parser does (the references' way): known fields with another wire
+    /// type are skipped as unknown, groups are skipped, and a tenth varint byte may carry
+    /// bits past the 64th (dropped). Strict readers refuse all three.
+    lenient: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -66,7 +75,19 @@ impl<'a> Reader<'a> {
             pos,
             end,
             message,
+            lenient: false,
         }
+    }
+
+    /// The same reader in lenient mode (see the field's docs).
+    pub(super) fn lenient(mut self, lenient: bool) -> Self {
+        self.lenient = lenient;
+        self
+    }
+
+    /// Whether this reader is lenient.
+    pub(super) fn is_lenient(&self) -> bool {
+        self.lenient
     }
 
     pub(super) fn varint(&mut self, what: &'static str) -> Result<u64, DeaggregateError> {
@@ -78,7 +99,7 @@ impl<'a> Reader<'a> {
             };
             self.pos += 1;
             // The tenth byte may only contribute the 64th bit.
-            if i == 9 && byte > 1 {
+            if i == 9 && byte > 1 && !(self.lenient && byte < 0x80) {
                 return Err(DeaggregateError::BadVarint { what, offset });
             }
             value |= u64::from(byte & 0x7F) << (7 * i);
@@ -98,10 +119,11 @@ impl<'a> Reader<'a> {
         let key = self.varint("field tag")?;
         let field = key >> 3;
         let wire_type = (key & 7) as u8;
-        let valid_wire_type = matches!(
-            wire_type,
-            WIRE_VARINT | WIRE_FIXED64 | WIRE_LEN | WIRE_FIXED32
-        );
+        let valid_wire_type = match wire_type {
+            WIRE_VARINT | WIRE_FIXED64 | WIRE_LEN | WIRE_FIXED32 => true,
+            WIRE_START_GROUP | WIRE_END_GROUP => self.lenient,
+            _ => false,
+        };
         if field == 0 || field > u64::from(u32::MAX >> 3) || !valid_wire_type {
             return Err(DeaggregateError::InvalidTag {
                 message: self.message,
@@ -163,13 +185,54 @@ impl<'a> Reader<'a> {
         self.take(what, length)
     }
 
-    pub(super) fn skip(&mut self, wire_type: u8) -> Result<(), DeaggregateError> {
+    /// Skips the value of field `field` with `wire_type` (tag already read).
+    pub(super) fn skip(&mut self, field: u64, wire_type: u8) -> Result<(), DeaggregateError> {
+        self.skip_nested(field, wire_type, 0)
+    }
+
+    fn skip_nested(
+        &mut self,
+        field: u64,
+        wire_type: u8,
+        depth: usize,
+    ) -> Result<(), DeaggregateError> {
         const WHAT: &str = "skipped field";
         match wire_type {
             WIRE_VARINT => self.varint(WHAT).map(drop),
             WIRE_FIXED64 => self.take(WHAT, 8).map(drop),
             WIRE_FIXED32 => self.take(WHAT, 4).map(drop),
-            _ => self.length_delimited(WHAT).map(drop),
+            WIRE_LEN => self.length_delimited(WHAT).map(drop),
+            // Only lenient readers return group tags: a group ends at the end-group tag of the
+            // same field, and an end-group tag anywhere else is malformed.
+            WIRE_START_GROUP if depth < MAX_GROUP_DEPTH => {
+                let start = self.pos;
+                loop {
+                    match self.tag()? {
+                        None => {
+                            return Err(DeaggregateError::Truncated {
+                                what: "group",
+                                offset: start,
+                            })
+                        }
+                        Some((f, WIRE_END_GROUP, _)) if f == field => return Ok(()),
+                        Some((f, WIRE_END_GROUP, offset)) => {
+                            return Err(DeaggregateError::InvalidTag {
+                                message: self.message,
+                                field: f,
+                                wire_type: WIRE_END_GROUP,
+                                offset,
+                            });
+                        }
+                        Some((f, w, _)) => self.skip_nested(f, w, depth + 1)?,
+                    }
+                }
+            }
+            _ => Err(DeaggregateError::InvalidTag {
+                message: self.message,
+                field,
+                wire_type,
+                offset: self.pos,
+            }),
         }
     }
 }
