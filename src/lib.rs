@@ -47,7 +47,7 @@ pub mod retry;
 pub mod shard_map;
 pub mod stats;
 
-pub use aggregation::{deaggregate, DeaggregateError, DeaggregatedRecord};
+pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
 pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 pub use error::{AddError, BuildError, ConfigError, RecordError, ValidationError};
 pub use hash_key::HashKey;

@@ -150,6 +150,9 @@ impl RefreshSchedule {
 }
 
 /// The AWS hash range of shard `i` of `n` evenly split shards: `[i*2^128/n, (i+1)*2^128/n - 1]`.
+///
+/// A test helper: compiled for the crate's tests and with the `testing` feature only.
+#[cfg(any(test, feature = "testing"))]
 pub fn even_range(i: u32, n: u32) -> (u128, u128) {
     let bound = |k: u32| -> Option<u128> {
         if k == n {
@@ -167,6 +170,9 @@ pub fn even_range(i: u32, n: u32) -> (u128, u128) {
 }
 
 /// The `n` open shards of a new stream: AWS ids (`shardId-000000000000`, ...) and even ranges.
+///
+/// A test helper: compiled for the crate's tests and with the `testing` feature only.
+#[cfg(any(test, feature = "testing"))]
 pub fn even_shards(n: u32) -> Vec<ShardInfo> {
     (0..n)
         .map(|i| {

@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kinesis_producer::aggregation::{deaggregate, Aggregate, Aggregator, TryPush, MAGIC};
+use kinesis_producer::DeaggregateError;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -309,4 +310,221 @@ fn python_aggregates_decode_with_ours() {
         }
         assert_eq!(decoded, records, "max_size {max_size}");
     }
+}
+
+/// One reading of a Kinesis record: passed on whole, decoded into (partition key, data) pairs,
+/// or (ours only) refused.
+#[derive(Debug, PartialEq)]
+enum Reading {
+    Plain,
+    Users(Vec<(Vec<u8>, Vec<u8>)>),
+    Refused(String),
+}
+
+/// Broken aggregates: named edge cases, then seeded mutations of real aggregates (bytes
+/// flipped, cut, inserted, removed), each with the MD5 recomputed half of the time.
+fn broken_aggregates() -> Vec<(String, Vec<u8>)> {
+    use kinesis_producer::aggregation::testing::{filled, framed};
+    let ok: &[u8] = &[0x0A, 0x01, b'k', 0x1A, 0x04, 0x08, 0x00, 0x1A, 0x00];
+    let with = |head: &[u8]| framed(&[head, ok].concat()).to_vec();
+    let good = framed(ok).to_vec();
+    let flip = |at: usize| {
+        let mut d = good.clone();
+        d[at] ^= 1;
+        d
+    };
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        ("well formed".into(), good.clone()),
+        ("bad MD5".into(), flip(good.len() - 1)),
+        ("bad magic".into(), flip(3)),
+        ("protobuf byte changed, old MD5".into(), flip(6)),
+        ("20 bytes".into(), framed(b"").to_vec()),
+        (
+            "truncated protobuf".into(),
+            framed(&ok[..ok.len() - 1]).to_vec(),
+        ),
+        ("truncated tag".into(), framed(&[0x80]).to_vec()),
+        (
+            "length past the end".into(),
+            framed(&[0x0A, 0x05, b'a']).to_vec(),
+        ),
+        (
+            "eleven-byte varint".into(),
+            with(&[&[0x28][..], &[0xFF; 10], &[1]].concat()),
+        ),
+        (
+            "tenth varint byte 2".into(),
+            with(&[&[0x28][..], &[0xFF; 9], &[2]].concat()),
+        ),
+        ("field 0".into(), with(&[0x02, 0x00])),
+        ("wire type 7".into(), with(&[0x27])),
+        ("group".into(), with(&[0x23, 0x28, 0x01, 0x24])),
+        ("unmatched end group".into(), with(&[0x24])),
+        ("table with varint wire type".into(), with(&[0x08, 0x01])),
+        ("no record".into(), framed(&[0x0A, 0x01, b'k']).to_vec()),
+        (
+            "tag not a message".into(),
+            framed(&[0x0A, 1, b'k', 0x1A, 8, 8, 0, 0x1A, 0, 0x22, 2, 0xFF, 0xFF]).to_vec(),
+        ),
+        (
+            "pk index out of range".into(),
+            framed(&[ok, &[0x1A, 4, 8, 1, 0x1A, 0][..]].concat()).to_vec(),
+        ),
+        (
+            "missing data (python differs)".into(),
+            framed(&[0x0A, 1, b'k', 0x1A, 2, 8, 0]).to_vec(),
+        ),
+    ];
+    let mut agg = Aggregator::new(usize::MAX, usize::MAX);
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for n in 0..400 {
+        for r in 0..(next() % 5 + 1) {
+            let pk = format!("key-{}", next() % 7);
+            let ehk = (next() % 3 == 0).then(|| (next() % 1000).to_string());
+            let data = filled((next() % 30) as usize, next());
+            assert_eq!(
+                agg.try_push(&pk, ehk.as_deref(), &data),
+                TryPush::Added,
+                "{r}"
+            );
+        }
+        let data = agg.finish().unwrap().data;
+        let mut protobuf = data[MAGIC.len()..data.len() - 16].to_vec();
+        for _ in 0..(next() % 3 + 1) {
+            if protobuf.is_empty() {
+                break;
+            }
+            let at = (next() % protobuf.len() as u64) as usize;
+            match next() % 4 {
+                0 => protobuf[at] ^= next() as u8 | 1,
+                1 => protobuf.truncate(at),
+                2 => protobuf.insert(at, next() as u8),
+                _ => {
+                    protobuf.remove(at);
+                }
+            }
+        }
+        let mut bytes = framed(&protobuf).to_vec();
+        if n % 2 == 1 {
+            bytes.splice(bytes.len() - 16.., data[data.len() - 16..].iter().copied());
+        }
+        cases.push((format!("mutation {n}"), bytes));
+    }
+    cases
+}
+
+fn our_reading(data: &[u8]) -> Reading {
+    match deaggregate("outer", None, Bytes::copy_from_slice(data)) {
+        Ok(users)
+            if users.len() == 1 && users[0].data == data && users[0].partition_key == "outer" =>
+        {
+            Reading::Plain
+        }
+        Ok(users) => Reading::Users(
+            users
+                .into_iter()
+                .map(|u| (u.partition_key.into_bytes(), u.data.to_vec()))
+                .collect(),
+        ),
+        Err(e) => Reading::Refused(e.to_string()),
+    }
+}
+
+/// Our `deaggregate` against aws-kinesis-agg's `iter_deaggregate_records` on the same broken
+/// bytes. Where they differ the difference must be one of the three documented ones.
+#[test]
+fn broken_aggregates_read_as_aws_kinesis_agg_reads_them() {
+    let Some(python) = python() else { return };
+    let cases = broken_aggregates();
+    let mut json = String::from("{\"records\": [");
+    for (i, (_, data)) in cases.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        write!(
+            json,
+            "{{\"partition_key\": \"outer\", \"data\": \"{}\"}}",
+            base64(data)
+        )
+        .unwrap();
+    }
+    json.push_str("]}");
+    let lines = run_reference(&python, "consume", &json);
+    let mut lines = lines.iter().peekable();
+    // Kinds of documented difference seen, by name.
+    let mut differences: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut agreed = [0usize; 3];
+    for (i, (name, data)) in cases.iter().enumerate() {
+        let out = lines.next().expect("OUT line");
+        assert_eq!(out[..2], ["OUT", &i.to_string()]);
+        let count: usize = out[2].parse().unwrap();
+        let logged_error = out[3] == "1";
+        let mut users = Vec::new();
+        let mut flagged = Vec::new();
+        for j in 0..count {
+            let u = lines.next().expect("USER line");
+            assert_eq!(u[..3], ["USER", &i.to_string(), &j.to_string()]);
+            flagged.push(u[3] == "1");
+            users.push((unhex(&u[4]), unhex(&u[5])));
+        }
+        let theirs = if count == 1 && !flagged[0] {
+            assert_eq!(
+                (&users[0].0[..], &users[0].1),
+                (&b"outer"[..], data),
+                "{name}"
+            );
+            Reading::Plain
+        } else {
+            assert!(flagged.iter().all(|&f| f), "{name}: mixed flags");
+            Reading::Users(users)
+        };
+        let ours = our_reading(data);
+        if ours == theirs && !logged_error {
+            agreed[match ours {
+                Reading::Plain => 0,
+                Reading::Users(_) => 1,
+                Reading::Refused(_) => 2,
+            }] += 1;
+            continue;
+        }
+        let strict =
+            kinesis_producer::deaggregate_strict("outer", None, Bytes::copy_from_slice(data));
+        let kind = match (&ours, &strict) {
+            // The references deliver the records before the bad index and log an error.
+            (Reading::Refused(e), _) if e.contains("refers to entry") && logged_error => {
+                "index out of range: python delivers a prefix and logs"
+            }
+            // aws-kinesis-agg never looks up explicit hash keys.
+            (Reading::Refused(e), _) if e.contains("explicit_hash_key_table") && !logged_error => {
+                "explicit hash key index out of range: python ignores it"
+            }
+            (Reading::Refused(e), _) if e.contains("UTF-8") => "key not UTF-8: python passes bytes",
+            // The KCL's protobuf enforces required fields; Python's upb fills in defaults.
+            (Reading::Plain, Err(DeaggregateError::MissingField { .. })) => {
+                "missing required field: python fills in defaults"
+            }
+            _ => panic!(
+                "{name}: ours {ours:?}, aws-kinesis-agg {theirs:?} (error logged: {logged_error})"
+            ),
+        };
+        *differences.entry(kind).or_default() += 1;
+    }
+    assert!(lines.next().is_none(), "unexpected extra output");
+    // Seeded input, so exact counts: 400 mutations and 19 named cases.
+    assert_eq!(agreed, [390, 21, 0], "agreed (plain, decoded, refused)");
+    let expected: std::collections::BTreeMap<&str, usize> = [
+        ("explicit hash key index out of range: python ignores it", 2),
+        ("index out of range: python delivers a prefix and logs", 1),
+        ("key not UTF-8: python passes bytes", 3),
+        ("missing required field: python fills in defaults", 2),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(differences, expected);
 }

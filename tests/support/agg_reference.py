@@ -5,6 +5,10 @@
       REC <i> <j> <subSequenceNumber> <hex partition key> <hex data> <hex explicit hash key or ->
     partition key, data and sub-sequence number come from iter_deaggregate_records; the
     explicit hash key from parsing AggregatedRecord directly (the deaggregator misreports it).
+  agg_reference.py consume IN.json  what iter_deaggregate_records makes of arbitrary records
+    (broken aggregates included); per item:
+      OUT <i> <user records> <error logged: 0|1>
+      USER <i> <j> <aggregated: 0|1> <hex partition key> <hex data>
   agg_reference.py encode IN.json   aggregate records with RecordAggregator; per aggregate:
       AGG <hex partition key> <hex data> <user records>
 
@@ -62,6 +66,30 @@ def decode(spec):
             ]))
 
 
+def consume(spec):
+    import contextlib
+    import io
+    for i, item in enumerate(spec["records"]):
+        record = {
+            "SequenceNumber": str(i),
+            "PartitionKey": item["partition_key"],
+            "ApproximateArrivalTimestamp": datetime.datetime.now(datetime.timezone.utc),
+            "Data": base64.b64decode(item["data"]),
+        }
+        log = io.StringIO()
+        with contextlib.redirect_stderr(log):
+            users = list(iter_deaggregate_records([record], data_format="Boto3"))
+        print("\t".join(["OUT", str(i), str(len(users)), str(int(bool(log.getvalue())))]))
+        for j, user in enumerate(users):
+            k = user["kinesis"]
+            pk = k["partitionKey"]
+            pk = pk.encode("utf-8") if isinstance(pk, str) else pk
+            print("\t".join([
+                "USER", str(i), str(j), str(int(k.get("aggregated") is True)),
+                pk.hex(), user_data(k).hex(),
+            ]))
+
+
 def encode(spec):
     def emit(agg_record):
         pk, _ehk, data = agg_record.get_contents()
@@ -82,4 +110,4 @@ if __name__ == "__main__":
     command, path = sys.argv[1], sys.argv[2]
     with open(path, encoding="utf-8") as f:
         spec = json.load(f)
-    {"decode": decode, "encode": encode}[command](spec)
+    {"decode": decode, "encode": encode, "consume": consume}[command](spec)
