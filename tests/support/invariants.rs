@@ -18,7 +18,8 @@
 use bytes::Bytes;
 use kinesis_producer::aggregation::MAGIC;
 use kinesis_producer::{
-    deaggregate, HashKey, PendingRecord, Producer, PutOutcome, RecordError, Stats, UserRecord,
+    deaggregate_strict, HashKey, PendingRecord, Producer, PutOutcome, RecordError, Stats,
+    UserRecord,
 };
 use kinesis_sim::Simulator;
 use std::collections::HashMap;
@@ -127,7 +128,7 @@ pub fn verify(sim: &Simulator, stream: &str, outcomes: &[Outcome]) -> Verdict {
     let mut v = Verdict::default();
     for s in sim.records(stream) {
         v.kinesis_records += 1;
-        let subs = deaggregate(
+        let subs = deaggregate_strict(
             &s.partition_key,
             s.explicit_hash_key.as_deref(),
             Bytes::from(s.data.clone()),
