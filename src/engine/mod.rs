@@ -59,9 +59,10 @@ struct InFlight {
     start: Instant,
 }
 
-/// An aggregate stored on a shard the map did not know yet: its sub-records are checked
-/// against that shard's range once the refreshed map arrives.
-struct Parked {
+/// A Kinesis record the service stored, on its way to resolution. An aggregate stored on a
+/// shard the map does not know yet is parked as one: its sub-records are checked against that
+/// shard's range once the refreshed map arrives.
+struct Stored {
     record: KRecord,
     shard_id: Arc<str>,
     sequence_number: Arc<str>,
@@ -120,7 +121,7 @@ pub(crate) struct Engine {
     next_request: u64,
     ledger: Ledger,
     refresh: RefreshSchedule,
-    parked: Vec<Parked>,
+    parked: Vec<Stored>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     endpoint: EndpointBackoff,
     round_robin: usize,
@@ -235,14 +236,8 @@ impl Engine {
         self.telemetry.map_refreshed();
         self.install_map(ShardMap::new(shards), now);
         let mut retry_entries = Vec::new();
-        for p in std::mem::take(&mut self.parked) {
-            self.check_stranded(
-                p.record,
-                p.shard_id,
-                p.sequence_number,
-                p.attempt,
-                &mut retry_entries,
-            );
+        for stored in std::mem::take(&mut self.parked) {
+            self.check_stranded(stored, &mut retry_entries);
         }
         self.requeue(retry_entries, now);
     }

@@ -8,7 +8,7 @@
 //! [`Engine::resolve_stored`], which release the records in the ledger first.
 
 use super::entry::{Entry, KRecord};
-use super::{Engine, InFlight, Parked};
+use super::{Engine, InFlight, Stored};
 use crate::error::RecordError;
 use crate::kinesis::{ClientError, ClientErrorKind, PutRecordsResultEntry};
 use crate::record::{Attempt, PutOutcome};
@@ -51,13 +51,13 @@ impl Engine {
                         error_code: None,
                         error_message: None,
                     };
-                    self.on_stored(
+                    let stored = Stored {
                         record,
                         shard_id,
                         sequence_number,
                         attempt,
-                        &mut retry_entries,
-                    );
+                    };
+                    self.on_stored(stored, &mut retry_entries);
                 }
                 PutRecordsResultEntry::Err { code, message } => {
                     self.telemetry.error(&code);
@@ -143,53 +143,48 @@ impl Engine {
         retry_entries
     }
 
-    /// A Kinesis record was stored on `shard_id`.
-    fn on_stored(
-        &mut self,
-        record: KRecord,
-        shard_id: Arc<str>,
-        sequence_number: Arc<str>,
-        attempt: Attempt,
-        retry_entries: &mut Vec<Entry>,
-    ) {
-        if !self.s.predict || shard_id == record.shard {
-            self.resolve_stored(
-                record.entries,
-                record.aggregated,
-                &shard_id,
-                &sequence_number,
-                &attempt,
-            );
-            return;
+    /// A Kinesis record was stored on `stored.shard_id`.
+    fn on_stored(&mut self, stored: Stored, retry_entries: &mut Vec<Entry>) {
+        if self.s.predict && stored.shard_id != stored.record.shard {
+            // The map is stale. A plain record always lands where its hash key belongs: it
+            // succeeded. An aggregate's sub-records may now lie outside the storing shard's
+            // range: check them against the map, or against the refreshed one if even the
+            // current map does not know the shard.
+            self.refresh.request();
+            self.telemetry.mispredicted();
+            if stored.record.aggregated {
+                if self.shards.map.shard(&stored.shard_id).is_some() {
+                    self.check_stranded(stored, retry_entries);
+                } else {
+                    self.parked.push(stored);
+                }
+                return;
+            }
         }
-        // The map is stale. A plain record always lands where its hash key belongs: it
-        // succeeded. An aggregate's sub-records may now lie outside the storing shard's range.
-        self.refresh.request();
-        self.telemetry.mispredicted();
-        if !record.aggregated {
-            self.resolve_stored(record.entries, false, &shard_id, &sequence_number, &attempt);
-        } else if self.shards.map.shard(&shard_id).is_some() {
-            self.check_stranded(record, shard_id, sequence_number, attempt, retry_entries);
-        } else {
-            self.parked.push(Parked {
-                record,
-                shard_id,
-                sequence_number,
-                attempt,
-            });
-        }
+        let Stored {
+            record,
+            shard_id,
+            sequence_number,
+            attempt,
+        } = stored;
+        self.resolve_stored(
+            record.entries,
+            record.aggregated,
+            &shard_id,
+            &sequence_number,
+            &attempt,
+        );
     }
 
     /// Resolves an aggregate's sub-records that lie in the storing shard's range; re-sends the
     /// others (KCL would drop them).
-    pub(super) fn check_stranded(
-        &mut self,
-        record: KRecord,
-        shard_id: Arc<str>,
-        sequence_number: Arc<str>,
-        attempt: Attempt,
-        retry_entries: &mut Vec<Entry>,
-    ) {
+    pub(super) fn check_stranded(&mut self, stored: Stored, retry_entries: &mut Vec<Entry>) {
+        let Stored {
+            record,
+            shard_id,
+            sequence_number,
+            attempt,
+        } = stored;
         let Some(range) = self.shards.map.shard(&shard_id).cloned() else {
             // Not even the refreshed map knows the shard: nothing to check against.
             self.resolve_stored(record.entries, true, &shard_id, &sequence_number, &attempt);
