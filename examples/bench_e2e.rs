@@ -398,16 +398,17 @@ fn setup(
 }
 
 impl Run {
-    /// Feeds every producer at `rate` each for `seconds`; at `warmup` seconds and at the end of
-    /// feeding, takes simulator counter snapshots. Returns (records added, snapshots, the
-    /// instant feeding ended).
+    /// Feeds every producer at `rate` each for `seconds`; at `warmup` seconds and when the
+    /// feeding time is up (before waiting for the feeders, whose last blocked `add`s may land
+    /// later), takes simulator counter snapshots. Returns (records added, the snapshots with
+    /// the measured seconds between them, the instant feeding ended).
     fn drive(
         &self,
         o: &Opts,
         rate: Option<f64>,
         warmup: f64,
         latencies: Option<Latencies>,
-    ) -> (u64, Option<(StreamCounters, StreamCounters)>, Instant) {
+    ) -> (u64, Option<(StreamCounters, StreamCounters, f64)>, Instant) {
         let start = Instant::now();
         let until = start + Duration::from_secs_f64(o.seconds);
         let handles: Vec<_> = self
@@ -427,6 +428,10 @@ impl Run {
             .collect();
         std::thread::sleep(Duration::from_secs_f64(warmup.min(o.seconds)));
         let first = self.env.counters(&o.stream);
+        let first_at = Instant::now();
+        std::thread::sleep(until.saturating_duration_since(first_at));
+        let last = self.env.counters(&o.stream);
+        let interval = first_at.elapsed().as_secs_f64();
         let sent: u64 = self.rt.block_on(async {
             let mut total = 0;
             for h in handles {
@@ -435,8 +440,8 @@ impl Run {
             total
         });
         let end = Instant::now();
-        let last = self.env.counters(&o.stream);
-        (sent, first.zip(last), end)
+        let snaps = first.zip(last).map(|(a, b)| (a, b, interval));
+        (sent, snaps, end)
     }
 
     fn flush(&self) {
@@ -569,8 +574,7 @@ fn scenario_limited(o: &Opts, producers: usize, default_load: f64) {
         r3(cpu1.process - cpu0.process),
         r3(cpu1.sim - cpu0.sim),
     );
-    if let Some((first, last)) = snaps {
-        let secs = o.seconds - w;
+    if let Some((first, last, secs)) = snaps {
         let (bytes, records, throttled) = utilization(&first, &last, secs);
         let util: Vec<f64> = bytes.iter().zip(&records).map(|(b, r)| b.max(*r)).collect();
         let (bmin, bmean) = min_mean(&bytes);
@@ -667,7 +671,7 @@ fn scenario_overload(o: &Opts) {
     let stats = run.stats();
     let (put, failed, _, _) = sum_stats(&stats);
     let expired: u64 = stats.iter().map(|s| s.records_expired).sum();
-    let throttle = snaps.map(|(a, b)| utilization(&a, &b, o.seconds - warmup(o)).2);
+    let throttle = snaps.map(|(a, b, secs)| utilization(&a, &b, secs).2);
     println!(
         "{{\"scenario\":\"overload\",\"aggregation\":{},\"shards\":{},\"record_size\":{},\
          \"seconds\":{},\"offered_load\":{load},\"offered_records_per_sec\":{},\
