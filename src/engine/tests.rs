@@ -876,3 +876,67 @@ fn metrics_reach_the_facade_with_labels() {
         1
     );
 }
+
+#[test]
+fn the_ledger_counts_what_is_held_and_gives_room_back_exactly_once() {
+    let mut h = Harness::new(2, config());
+    let agree = |h: &Harness| {
+        assert_eq!(
+            (h.engine.ledger.held(), h.engine.ledger.bytes()),
+            (h.gauge.records_held(), h.gauge.bytes_held()),
+            "ledger and buffer room disagree"
+        );
+    };
+    let mut rxs: Vec<Rx> = (0..6)
+        .map(|i| h.add_to(i % 2, 2, &format!("k{i}"), "payload"))
+        .collect();
+    assert_eq!(h.engine.ledger.held(), 6);
+    assert_eq!(h.engine.ledger.bytes(), 6 * ("k0".len() + "payload".len()));
+    agree(&h);
+    h.advance(Duration::from_millis(100));
+    let (id, req) = h.poll().pop().unwrap();
+    assert_eq!(req.records.len(), 6);
+    // Two stored, two to retry, two rejected for good.
+    let results = req
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| match i {
+            0 | 1 => ok_entry(r, 2),
+            2 | 3 => err_entry("InternalFailure"),
+            _ => err_entry("AccessDeniedException"),
+        })
+        .collect();
+    h.engine.on_response(id, Ok(results), h.now);
+    assert_eq!(h.engine.ledger.held(), 2, "the two retries are still held");
+    agree(&h);
+    // A late duplicate answer to the same request changes nothing.
+    h.engine
+        .on_response(id, Ok(vec![err_entry("InternalFailure"); 6]), h.now);
+    assert_eq!(h.engine.ledger.held(), 2);
+    agree(&h);
+    // The shards back off before the retry goes out.
+    let mut retry = None;
+    for _ in 0..100 {
+        h.advance(Duration::from_millis(100));
+        if let Some(sent) = h.poll().pop() {
+            retry = Some(sent);
+            break;
+        }
+    }
+    let (id, req) = retry.expect("retry request");
+    assert_eq!(req.records.len(), 2);
+    h.ok_all(id, &req, 2);
+    assert_eq!((h.engine.ledger.held(), h.engine.ledger.bytes()), (0, 0));
+    agree(&h);
+    assert!(rxs.iter_mut().all(|rx| !pending(rx)));
+    assert_eq!(
+        h.engine
+            .telemetry
+            .stats
+            .records_pending
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the ledger publishes its count for stats()"
+    );
+}
