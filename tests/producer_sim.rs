@@ -73,16 +73,20 @@ fn hash_of(partition_key: &str, explicit_hash_key: Option<&str>) -> u128 {
     }
 }
 
+/// Attempt error code of a sub-record re-sent because its aggregate landed on a shard whose
+/// range does not hold it (the only re-send after a success).
+const STRANDED_CODE: &str = support::invariants::STRANDED_CODE;
+
 /// Every outcome is Ok and names a stored Kinesis record (shard id + sequence number) that
 /// holds the user record at its sub-sequence number, inside the hash range of that shard; no
-/// two outcomes name the same place. With `exact`, the stream holds nothing else: every user
-/// record is stored exactly once.
+/// two outcomes name the same place. The stream holds nothing else: every user record is stored
+/// exactly once, plus one copy per stranded-sub-record re-send its attempts show. Returns the
+/// number of such extra copies.
 fn assert_stored(
     sim: &Simulator,
     stream: &str,
     results: &[(UserRecord, Result<PutOutcome, RecordError>)],
-    exact: bool,
-) {
+) -> usize {
     let stored: Vec<StoredRecord> = sim.records(stream);
     let ranges: HashMap<String, (u128, u128)> = sim
         .shards(stream)
@@ -90,7 +94,8 @@ fn assert_stored(
         .map(|s| (s.shard_id, (s.starting_hash_key, s.ending_hash_key)))
         .collect();
     let mut by_place = HashMap::new();
-    let mut sub_records = 0;
+    // Stored copies of each user record, by its data (unique per record in these tests).
+    let mut copies: HashMap<Bytes, usize> = HashMap::new();
     for s in &stored {
         let subs = deaggregate(
             &s.partition_key,
@@ -98,7 +103,9 @@ fn assert_stored(
             Bytes::from(s.data.clone()),
         )
         .expect("stored records decode");
-        sub_records += subs.len();
+        for sub in &subs {
+            *copies.entry(sub.data.clone()).or_default() += 1;
+        }
         let previous = by_place.insert((s.shard_id.clone(), s.sequence_number.clone()), subs);
         assert!(
             previous.is_none(),
@@ -107,6 +114,7 @@ fn assert_stored(
         );
     }
     let mut seen = HashSet::new();
+    let mut stranded_copies = 0;
     for (r, result) in results {
         let out = result
             .as_ref()
@@ -129,10 +137,25 @@ fn assert_stored(
         );
         assert!(seen.insert((place, index)), "two records at one place");
         assert!(out.attempts.last().is_some_and(|a| a.succeeded()));
+        let stranded = out
+            .attempts
+            .iter()
+            .filter(|a| a.error_code.as_deref() == Some(STRANDED_CODE))
+            .count();
+        let found = copies.remove(&r.data).unwrap_or(0);
+        assert_eq!(
+            found,
+            1 + stranded,
+            "{r:?}: stored copies, one plus one per stranded re-send"
+        );
+        stranded_copies += stranded;
     }
-    if exact {
-        assert_eq!(sub_records, results.len(), "stored exactly once each");
-    }
+    let unknown: Vec<_> = copies.keys().take(3).collect();
+    assert!(
+        copies.is_empty(),
+        "the stream holds data that was never added: {unknown:?}"
+    );
+    stranded_copies
 }
 
 async fn shutdown(p: &Producer) {
@@ -148,7 +171,7 @@ async fn every_record_stored_once(aggregation: bool) {
     let p = build(&sim, builder(stream).aggregation(aggregation)).await;
     let added = add_all(&p, 2_000, 97).await;
     let results = resolve(added).await;
-    assert_stored(&sim, stream, &results, true);
+    assert_stored(&sim, stream, &results);
     shutdown(&p).await;
     let stats = p.stats();
     assert_eq!(stats.records_put, 2_000);
@@ -194,7 +217,7 @@ async fn explicit_hash_keys_route_and_round_trip() {
         added.push((r.clone(), p.add(r).await.unwrap()));
     }
     let results = resolve(added).await;
-    assert_stored(&sim, stream, &results, true);
+    assert_stored(&sim, stream, &results);
     let shards: HashSet<_> = results
         .iter()
         .map(|(_, r)| r.as_ref().unwrap().shard_id.clone())
@@ -214,7 +237,7 @@ async fn offered_over_capacity_everything_is_stored() {
     let added = add_all(&p, 3_000, 500).await;
     let results = resolve(added).await;
     let took = started.elapsed();
-    assert_stored(&sim, stream, &results, true);
+    assert_stored(&sim, stream, &results);
     shutdown(&p).await;
     let stats = p.stats();
     let counters = sim.counters(stream);
@@ -241,7 +264,7 @@ async fn throttling_leads_to_retries_and_success() {
     let p = build(&sim, builder(stream).aggregation(false)).await;
     let added = add_all(&p, 1_200, 100).await;
     let results = resolve(added).await;
-    assert_stored(&sim, stream, &results, true);
+    assert_stored(&sim, stream, &results);
     shutdown(&p).await;
     let stats = p.stats();
     assert!(stats.throttles > 0, "{stats:?}");
@@ -302,7 +325,7 @@ async fn injected_faults_are_retried() {
         .unwrap();
         let added = add_all(&p, 1_500, 200).await;
         let results = resolve(added).await;
-        assert_stored(&sim, stream, &results, true);
+        assert_stored(&sim, stream, &results);
         shutdown(&p).await;
         let stats = p.stats();
         assert_eq!(stats.records_put, 1_500);
@@ -325,7 +348,7 @@ async fn deleted_stream_fails_fast() {
     let sim = start(stream, 2).await;
     let p = build(&sim, builder(stream).record_ttl(Duration::from_secs(30))).await;
     let before = resolve(add_all(&p, 200, 50).await).await;
-    assert_stored(&sim, stream, &before, true);
+    assert_stored(&sim, stream, &before);
     sim.delete_stream(stream).unwrap();
     let started = Instant::now();
     let after = resolve(add_all(&p, 300, 50).await).await;
@@ -354,7 +377,7 @@ async fn stream_name_with_slashes() {
     let sim = start(stream, 3).await;
     let p = build(&sim, builder(stream)).await;
     let results = resolve(add_all(&p, 300, 30).await).await;
-    assert_stored(&sim, stream, &results, true);
+    assert_stored(&sim, stream, &results);
     shutdown(&p).await;
     assert_eq!(p.stats().records_put, 300);
 }
@@ -395,12 +418,13 @@ async fn resharding_mid_run_loses_nothing() {
         added.push((r.clone(), p.add(r).await.unwrap()));
     }
     let results = resolve(added).await;
-    // Sub-records stranded in an aggregate outside their shard's range are re-sent, so the
-    // stream may hold extra (KCL-invisible) copies: check placement, not the total.
-    assert_stored(&sim, stream, &results, false);
+    // Sub-records stranded in an aggregate outside their shard's range are re-sent: the stream
+    // holds exactly one (KCL-invisible) extra copy per re-send, and nothing else.
+    let stranded_copies = assert_stored(&sim, stream, &results);
     shutdown(&p).await;
     let stats = p.stats();
     assert_eq!(stats.records_put, 3_000);
+    assert_eq!(stats.stranded_resent, stranded_copies as u64, "{stats:?}");
     assert!(stats.shard_map_refreshes >= 1, "{stats:?}");
     let open: Vec<_> = sim.shards(stream).into_iter().filter(|s| s.open).collect();
     assert_eq!(open.len(), 3);

@@ -33,6 +33,24 @@ fn n(report: &Value, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in {report}"))
 }
 
+/// The per-shard figures add up to the totals, and no failure is listed.
+fn assert_consistent(report: &Value) {
+    let shards = report["shards"].as_array().expect("shards");
+    let sum = |field: &str| -> u64 { shards.iter().map(|s| s[field].as_u64().unwrap()).sum() };
+    assert_eq!(
+        sum("kinesis_records_put"),
+        n(report, "kinesis_records_put"),
+        "{report}"
+    );
+    assert_eq!(sum("bytes_put"), n(report, "kinesis_bytes_put"), "{report}");
+    assert_eq!(sum("throttles"), n(report, "throttles"), "{report}");
+    if report["success"] == true {
+        assert_eq!(report["failures"], serde_json::json!({}), "{report}");
+        assert_eq!(n(report, "records_failed"), 0);
+        assert_eq!(n(report, "records_put"), n(report, "records_added"));
+    }
+}
+
 #[test]
 fn lines_from_a_file() {
     let input = file(b"alpha\nbeta\r\n\ngamma\ndelta");
@@ -45,6 +63,7 @@ fn lines_from_a_file() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(report["success"], true);
     assert_eq!(n(&report, "records_read"), 4, "blank line skipped");
+    assert_eq!(n(&report, "records_added"), 4);
     assert_eq!(n(&report, "records_put"), 4);
     assert_eq!(n(&report, "records_failed"), 0);
     assert_eq!(n(&report, "invalid_lines"), 0);
@@ -52,6 +71,10 @@ fn lines_from_a_file() {
     assert_eq!(n(&report, "bytes_put"), 19 + 4 * 16);
     assert_eq!(report["shards"].as_array().unwrap().len(), 2);
     assert!(report["latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    // Four records well within the limits: nothing throttled or retried.
+    assert_eq!((n(&report, "throttles"), n(&report, "retries")), (0, 0));
+    assert!(n(&report, "requests") >= 1);
+    assert_consistent(&report);
 }
 
 #[test]
@@ -81,13 +104,20 @@ fn ndjson_from_stdin_with_key_field() {
     let (code, report, stderr) = run_json(
         kpl()
             .args(["produce", "--format", "ndjson", "--key-field", "user"])
-            .write_stdin(input),
+            .write_stdin(input.clone()),
     );
     assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["success"], true);
+    assert_eq!(n(&report, "records_read"), 201);
     assert_eq!(n(&report, "records_put"), 201);
     assert_eq!(n(&report, "invalid_lines"), 0);
     assert_eq!(report["aggregation"], true);
     assert!(n(&report, "kinesis_records_put") < 201, "aggregated");
+    // Each line is the data; keys "u0".."u6" (2 bytes), and a 16-character random key for the
+    // line without a user.
+    let data: usize = input.lines().map(str::len).sum();
+    assert_eq!(n(&report, "bytes_put"), (data + 200 * 2 + 16) as u64);
+    assert_consistent(&report);
 }
 
 #[test]
@@ -119,9 +149,15 @@ fn generated_load() {
     assert!(shards
         .iter()
         .all(|s| s["utilization_percent"].as_f64().unwrap() > 0.0));
-    // Keys "key-0".."key-49": 5 or 6 bytes each.
+    // Keys "key-0".."key-49" (5 or 6 bytes, drawn at random): between the two bounds.
     let bytes = n(&report, "bytes_put");
     assert!((3000 * 69..=3000 * 70).contains(&bytes), "{bytes}");
+    // Aggregation off: a Kinesis record is a user record, byte for byte.
+    assert_eq!(n(&report, "kinesis_bytes_put"), bytes);
+    assert_eq!(report["success"], true);
+    // 3,000 records in requests of at most 500.
+    assert!(n(&report, "requests") >= 6, "{report}");
+    assert_consistent(&report);
     assert!(report["records_per_sec"].as_f64().unwrap() > 0.0);
 }
 
@@ -182,8 +218,12 @@ fn faults_are_retried_and_reported() {
     ]));
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(n(&report, "records_put"), 1000);
+    assert_eq!(report["success"], true);
     assert!(n(&report, "retries") > 0, "{report}");
     assert!(report["target"].as_str().unwrap().contains("faults"));
+    // Aggregation off: every record stored once, whatever the retries.
+    assert_eq!(n(&report, "kinesis_records_put"), 1000);
+    assert_consistent(&report);
 }
 
 #[test]
@@ -203,6 +243,11 @@ fn failures_are_listed_by_code() {
     assert_eq!(code, 1, "{stderr}");
     assert_eq!(n(&report, "records_put"), 0);
     assert_eq!(n(&report, "records_failed"), 50);
+    assert_eq!(
+        (n(&report, "bytes_put"), n(&report, "kinesis_records_put")),
+        (0, 0)
+    );
+    assert_consistent(&report);
     let group = &report["failures"]["RecordExpired"];
     assert_eq!(group["count"], 50, "{report}");
     let examples = group["examples"].as_array().unwrap();

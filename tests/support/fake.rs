@@ -10,7 +10,7 @@ use kinesis_producer::{HashKey, StreamRef};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// One Kinesis record the fake stored.
 #[derive(Clone, Debug)]
@@ -49,6 +49,8 @@ pub struct FakeKinesis {
     in_flight: AtomicUsize,
     pub max_in_flight_seen: AtomicUsize,
     latency: Mutex<Duration>,
+    /// When each PutRecords request arrived, in order.
+    request_times: Mutex<Vec<Instant>>,
 }
 
 pub fn shard_id(i: u32) -> String {
@@ -69,6 +71,7 @@ impl FakeKinesis {
             in_flight: AtomicUsize::new(0),
             max_in_flight_seen: AtomicUsize::new(0),
             latency: Mutex::new(Duration::ZERO),
+            request_times: Mutex::default(),
         })
     }
 
@@ -113,6 +116,11 @@ impl FakeKinesis {
         *self.actual.lock().unwrap() = (n, offset);
     }
 
+    /// When each PutRecords request arrived, in order.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.request_times.lock().unwrap().clone()
+    }
+
     pub fn stored(&self) -> Vec<Stored> {
         self.stored.lock().unwrap().clone()
     }
@@ -142,6 +150,7 @@ impl Kinesis for FakeKinesis {
         request: PutRecordsRequest,
     ) -> BoxFuture<'_, Result<Vec<PutRecordsResultEntry>, ClientError>> {
         Box::pin(async move {
+            self.request_times.lock().unwrap().push(Instant::now());
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_in_flight_seen.fetch_max(now, Ordering::SeqCst);
             let latency = *self.latency.lock().unwrap();
