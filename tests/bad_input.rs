@@ -8,7 +8,7 @@ mod support;
 
 use bytes::Bytes;
 use kinesis_producer::{
-    deaggregate, AddError, BuildError, PendingRecord, Producer, ProducerBuilder, UserRecord,
+    deaggregate_strict, AddError, BuildError, PendingRecord, Producer, ProducerBuilder, UserRecord,
     ValidationError,
 };
 use kinesis_sim::{SimConfig, Simulator};
@@ -226,7 +226,7 @@ async fn bad_records_do_not_disturb_good_ones(aggregation: bool) {
         .records(STREAM)
         .into_iter()
         .map(|s| {
-            let subs = deaggregate(
+            let subs = deaggregate_strict(
                 &s.partition_key,
                 s.explicit_hash_key.as_deref(),
                 Bytes::from(s.data),

@@ -6,7 +6,7 @@ mod support;
 use aws_config::SdkConfig;
 use bytes::Bytes;
 use kinesis_producer::{
-    deaggregate, HashKey, PendingRecord, Producer, ProducerBuilder, PutOutcome, RecordError,
+    deaggregate_strict, HashKey, PendingRecord, Producer, ProducerBuilder, PutOutcome, RecordError,
     UserRecord,
 };
 use kinesis_sim::{Faults, SimConfig, Simulator, StoredRecord};
@@ -97,7 +97,7 @@ fn assert_stored(
     // Stored copies of each user record, by its data (unique per record in these tests).
     let mut copies: HashMap<Bytes, usize> = HashMap::new();
     for s in &stored {
-        let subs = deaggregate(
+        let subs = deaggregate_strict(
             &s.partition_key,
             s.explicit_hash_key.as_deref(),
             Bytes::from(s.data.clone()),

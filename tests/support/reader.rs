@@ -3,7 +3,7 @@
 //! ```text
 //! ListShards (all pages, closed shards too) ─▶ per shard: GetShardIterator TRIM_HORIZON
 //!   ─▶ GetRecords until caught up (no records and MillisBehindLatest 0) or the shard ends
-//!   ─▶ raw Kinesis records ─▶ our `deaggregate` ─▶ user records with shard, sequence number,
+//!   ─▶ raw Kinesis records ─▶ our `deaggregate_strict` ─▶ user records with shard, sequence number,
 //!                                                    position inside the aggregate
 //! ```
 //!
@@ -24,7 +24,7 @@ use aws_sdk_kinesis::Client;
 use base64::Engine as _;
 use bytes::Bytes;
 use kinesis_producer::aggregation::MAGIC;
-use kinesis_producer::{deaggregate, HashKey};
+use kinesis_producer::{deaggregate_strict, HashKey};
 
 /// Shared AWS configuration for a local endpoint: fixed region, static credentials (the
 /// emulators want a SigV4 header but do not verify it).
@@ -286,7 +286,7 @@ pub async fn read_stream(client: &Client, stream: &str) -> StreamContents {
     let mut users = Vec::new();
     for (raw_index, r) in raw.iter().enumerate() {
         let aggregated = r.is_aggregate();
-        let subs = deaggregate(&r.partition_key, None, r.data.clone()).unwrap_or_else(|e| {
+        let subs = deaggregate_strict(&r.partition_key, None, r.data.clone()).unwrap_or_else(|e| {
             panic!(
                 "record {} on {} does not deaggregate: {e}",
                 r.sequence_number, r.shard_id
