@@ -34,6 +34,7 @@ pub mod aggregation;
 mod buffer;
 pub mod collector;
 pub mod config;
+pub mod congestion;
 mod engine;
 pub mod error;
 pub mod hash_key;

@@ -23,6 +23,8 @@ pub const REQUESTS: &str = "kinesis_producer_put_records_requests_total";
 pub const ERRORS: &str = "kinesis_producer_errors_total";
 /// User record retries.
 pub const RETRIES: &str = "kinesis_producer_retries_total";
+/// User records sent again after an attempt of unknown outcome (timeout, dropped connection).
+pub const POSSIBLE_DUPLICATES: &str = "kinesis_producer_possible_duplicates_total";
 /// Kinesis records throttled by the service.
 pub const THROTTLES: &str = "kinesis_producer_throttles_total";
 /// Bytes (data + partition key of Kinesis records) stored.
@@ -59,6 +61,7 @@ pub(crate) struct Metrics {
     pub kinesis_put: Counter,
     pub requests: Counter,
     pub retries: Counter,
+    pub possible_duplicates: Counter,
     pub throttles: Counter,
     pub bytes_put: Counter,
     pub stranded: Counter,
@@ -94,6 +97,7 @@ impl Metrics {
             kinesis_put: counter!(KINESIS_RECORDS_PUT, l()),
             requests: counter!(REQUESTS, l()),
             retries: counter!(RETRIES, l()),
+            possible_duplicates: counter!(POSSIBLE_DUPLICATES, l()),
             throttles: counter!(THROTTLES, l()),
             bytes_put: counter!(BYTES_PUT, l()),
             stranded: counter!(STRANDED_RESENT, l()),

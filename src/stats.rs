@@ -36,6 +36,9 @@ pub struct Stats {
     pub throttles: u64,
     /// User record retries.
     pub retries: u64,
+    /// User records sent again after an attempt whose outcome was unknown (the request timed
+    /// out or its connection dropped): each may be stored twice.
+    pub possible_duplicates: u64,
     /// Sub-records re-sent after landing outside their shard's range.
     pub stranded_resent: u64,
     /// Shard map refreshes.
@@ -86,6 +89,7 @@ pub(crate) struct SharedStats {
     pub requests: AtomicU64,
     pub throttles: AtomicU64,
     pub retries: AtomicU64,
+    pub possible_duplicates: AtomicU64,
     pub stranded_resent: AtomicU64,
     pub shard_map_refreshes: AtomicU64,
     /// Published by the engine's ledger.
@@ -108,6 +112,7 @@ impl SharedStats {
             requests: AtomicU64::new(0),
             throttles: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            possible_duplicates: AtomicU64::new(0),
             stranded_resent: AtomicU64::new(0),
             shard_map_refreshes: AtomicU64::new(0),
             records_pending: AtomicU64::new(0),
@@ -136,6 +141,7 @@ impl SharedStats {
             requests: self.requests.load(Relaxed),
             throttles: self.throttles.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            possible_duplicates: self.possible_duplicates.load(Relaxed),
             stranded_resent: self.stranded_resent.load(Relaxed),
             shard_map_refreshes: self.shard_map_refreshes.load(Relaxed),
             uptime: self.started.elapsed(),

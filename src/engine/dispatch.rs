@@ -1,7 +1,7 @@
 //! From shard queues to requests: each shard's records become Kinesis records (aggregated or
 //! not), pass its limiter and enter the collector; full or due batches wait in the outbox and
-//! leave as PutRecords requests while fewer than `max_in_flight` are in flight and the endpoint
-//! is not backing off. Records past their TTL never leave.
+//! leave as PutRecords requests while fewer than the congestion controller's limit (at most
+//! `max_in_flight`) are in flight and the endpoint is not backing off. Records past their TTL never leave.
 
 use super::entry::{Entry, KRecord};
 use super::{Action, Engine, InFlight};
@@ -55,7 +55,7 @@ impl EndpointBackoff {
 
 impl Engine {
     fn saturated(&self) -> bool {
-        self.in_flight.len() + self.outbox.len() >= self.s.config.max_in_flight
+        self.in_flight.len() + self.outbox.len() >= self.concurrency.limit()
     }
 
     /// Moves what shard `i` may send now into the collector, and sets the shard's wake time.
@@ -130,13 +130,13 @@ impl Engine {
 
     /// Sends batches from the outbox while the in-flight limit and the endpoint allow.
     pub(super) fn send_ready(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        while self.in_flight.len() < self.s.config.max_in_flight
+        while self.in_flight.len() < self.concurrency.limit()
             && self.endpoint.paused_until(now).is_none()
         {
             let Some(mut batch) = self.outbox.pop_front() else {
                 break;
             };
-            // A batch may wait in the outbox (endpoint back-off, max_in_flight) past its
+            // A batch may wait in the outbox (endpoint back-off, in-flight limit) past its
             // records' TTL: never send those.
             self.take_expired(&mut batch, now);
             if !batch.records.is_empty() {
@@ -194,6 +194,7 @@ impl Engine {
         );
         Action::Send {
             id,
+            timeout: self.concurrency.timeout(),
             request: PutRecordsRequest {
                 stream: self.s.stream.clone(),
                 records: wire,

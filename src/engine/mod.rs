@@ -4,7 +4,7 @@
 //!  on_record ──► shard queue ──► aggregator ──► sealed Kinesis record ──► limiter ──► collector
 //!   (per predicted shard)        (optional)      (one per shard)        (per shard)     │
 //!                                                                                       ▼
-//!  on_response ◄── dispatch (at most max_in_flight) ◄───────────────────────────── outbox
+//!  on_response ◄── dispatch (in-flight limit ≤ max_in_flight) ◄──────────────────── outbox
 //!     │ success: resolve futures; a record stored off its predicted shard → refresh the map
 //!     │ retryable failure: back to the front of its shard's queue, shard backs off
 //!     └ permanent failure: resolve with the service's error
@@ -33,6 +33,7 @@ use crate::aggregation::Aggregator;
 use crate::buffer::BufferGauge;
 use crate::collector::{Batch, Collector};
 use crate::config::{ProducerConfig, StreamRef};
+use crate::congestion::Concurrency;
 use crate::error::RecordError;
 use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry};
 use crate::limiter::ShardLimiter;
@@ -49,7 +50,7 @@ use ledger::Ledger;
 use shard::{ShardState, Shards};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use telemetry::{Telemetry, STATS_PERIOD};
 use tokio::sync::oneshot;
 
@@ -71,8 +72,13 @@ struct Stored {
 
 /// I/O the engine asks the loop to perform.
 pub(crate) enum Action {
-    /// Send a PutRecords request; feed the result to [`Engine::on_response`] with `id`.
-    Send { id: u64, request: PutRecordsRequest },
+    /// Send a PutRecords request, giving up after `timeout`; feed the result to
+    /// [`Engine::on_response`] with `id`.
+    Send {
+        id: u64,
+        request: PutRecordsRequest,
+        timeout: Duration,
+    },
     /// Call ListShards; feed the result to [`Engine::on_shard_map`].
     RefreshShardMap,
 }
@@ -124,6 +130,7 @@ pub(crate) struct Engine {
     parked: Vec<Stored>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     endpoint: EndpointBackoff,
+    concurrency: Concurrency,
     round_robin: usize,
     telemetry: Telemetry,
     scratch: Vec<Entry>,
@@ -153,6 +160,7 @@ impl Engine {
             parked: Vec::new(),
             shutdown: None,
             endpoint: EndpointBackoff::default(),
+            concurrency: Concurrency::new(s.config.max_in_flight, s.config.request_timeout),
             round_robin: 0,
             telemetry: Telemetry::new(stats, metrics, s.on_failure.clone(), now),
             scratch: Vec::new(),
@@ -208,10 +216,13 @@ impl Engine {
         let Some(request) = self.in_flight.remove(&id) else {
             return; // failed already at the shutdown deadline
         };
-        self.telemetry
-            .answered(now.saturating_duration_since(request.start));
+        let latency = now.saturating_duration_since(request.start);
+        self.telemetry.answered(latency);
         let retry = match result {
-            Ok(results) => self.on_results(request, results, now),
+            Ok(results) => {
+                self.concurrency.on_answer(latency, now);
+                self.on_results(request, results, now)
+            }
             Err(error) => self.on_request_error(request, error, now),
         };
         self.requeue(retry, now);
@@ -302,7 +313,7 @@ impl Engine {
         };
         at(self.refresh.next_due());
         at(self.shutdown.as_ref().map(|(d, _)| *d));
-        if self.in_flight.len() < self.s.config.max_in_flight && !self.outbox.is_empty() {
+        if self.in_flight.len() < self.concurrency.limit() && !self.outbox.is_empty() {
             // Dispatch when the endpoint's back-off ends, or at once.
             at(Some(
                 self.endpoint

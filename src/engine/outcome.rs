@@ -105,8 +105,28 @@ impl Engine {
         } else {
             retry::classify_request(error.code.as_deref(), error.status)
         };
-        if matches!(decision, Decision::Retry { .. }) {
+        let retryable = matches!(decision, Decision::Retry { .. });
+        if retryable {
             self.endpoint.failed(now);
+        }
+        // Timeouts, dropped connections and retryable whole-request errors are congestion; a
+        // final error is an ordinary answer.
+        match error.kind {
+            ClientErrorKind::Timeout => self.concurrency.on_congestion(true, now),
+            ClientErrorKind::Connection => self.concurrency.on_congestion(false, now),
+            ClientErrorKind::Service if retryable => self.concurrency.on_congestion(false, now),
+            ClientErrorKind::Service => self.concurrency.on_answer(duration, now),
+            ClientErrorKind::Construction | ClientErrorKind::Cancelled => {}
+        }
+        // The service may have stored these records before the answer was lost: sending them
+        // again may store them twice.
+        let unknown_outcome = matches!(
+            error.kind,
+            ClientErrorKind::Timeout | ClientErrorKind::Connection
+        );
+        if retryable && unknown_outcome {
+            self.telemetry
+                .possible_duplicates(records.iter().map(|r| r.entries.len()).sum());
         }
         let mut retry_entries = Vec::new();
         for record in records {

@@ -126,6 +126,12 @@ impl Telemetry {
         self.metrics.expired.increment(1);
     }
 
+    /// `n` user records go out again after an attempt whose outcome is unknown.
+    pub fn possible_duplicates(&self, n: usize) {
+        SharedStats::add(&self.stats.possible_duplicates, n as u64);
+        self.metrics.possible_duplicates.increment(n as u64);
+    }
+
     pub fn retried(&self, n: usize) {
         SharedStats::add(&self.stats.retries, n as u64);
         self.metrics.retries.increment(n as u64);

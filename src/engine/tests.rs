@@ -82,7 +82,7 @@ impl Harness {
         self.actions
             .drain(..)
             .filter_map(|a| match a {
-                Action::Send { id, request } => Some((id, request)),
+                Action::Send { id, request, .. } => Some((id, request)),
                 Action::RefreshShardMap => None,
             })
             .collect()

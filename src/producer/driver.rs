@@ -172,7 +172,11 @@ impl Driver {
         let tx = self.events_tx.clone();
         let timeout = self.request_timeout;
         match action {
-            Action::Send { id, request } => {
+            Action::Send {
+                id,
+                request,
+                timeout,
+            } => {
                 let guard = ResponseGuard { id, tx: Some(tx) };
                 self.runtime.spawn(async move {
                     let result = with_timeout(timeout, kinesis.put_records(request)).await;

@@ -1,0 +1,300 @@
+//! Congestion control toward the endpoint: how many requests may be in flight, and how long to
+//! wait for one, learned from the latency the endpoint shows. Pure: time comes in as `now`.
+//!
+//! A slow endpoint (an emulator that takes seconds per large request, a saturated proxy) gets
+//! slower the more requests it is given at once. Sending more then only makes requests pass
+//! their timeout while the endpoint is still storing them; the records are sent again, stored
+//! twice, and the endpoint slows further: congestion collapse. So the limit on requests in
+//! flight adapts (AIMD on a latency gradient, as Netflix's concurrency-limits does):
+//!
+//! - every answer whose latency stays within [`LATENCY_TOLERANCE`] × the lowest latency seen
+//!   (plus [`LATENCY_SLACK`]) raises the limit by `1 / limit`: about one more request per round
+//!   trip, up to `max_in_flight`;
+//! - an answer slower than that lowers the limit by [`GRADIENT_DECREASE`], at most once per
+//!   round trip;
+//! - a timeout, a dropped connection or a whole-request 5xx or throttling error is congestion:
+//!   the limit halves (at most once per round trip).
+//!
+//! The request timeout follows the same samples, as TCP's retransmission timer does: at least
+//! the configured `request_timeout`, stretched to `srtt + 4 · rttvar` when the endpoint is
+//! slower than that, and doubled after each timeout until an answer comes (Karn's rule), so a
+//! request is not abandoned while a slow endpoint is still working on it.
+//!
+//! The lowest latency is measured afresh every [`MIN_LATENCY_WINDOW`], so the controller follows
+//! an endpoint whose base latency changes. Latency measured under our own load would only show
+//! our own queue, so when answers have been slower than the lowest latency, the fresh
+//! measurement is a probe (as BBR's ProbeRTT): one request in flight until a request sent
+//! during the probe is answered; its latency is the new base, and the limit is restored.
+
+use std::time::{Duration, Instant};
+
+/// An answer slower than this many times the lowest latency (plus the slack) means the
+/// endpoint queues requests.
+pub const LATENCY_TOLERANCE: f64 = 2.0;
+/// Latency an answer may add to the lowest before it counts as queueing, whatever the ratio
+/// (the noise of a fast endpoint).
+pub const LATENCY_SLACK: Duration = Duration::from_millis(100);
+/// Limit multiplier when latency shows queueing.
+pub const GRADIENT_DECREASE: f64 = 0.9;
+/// Limit multiplier on a timeout, a dropped connection or a whole-request failure.
+pub const CONGESTION_DECREASE: f64 = 0.5;
+/// How long the lowest latency seen is kept before it is measured afresh.
+pub const MIN_LATENCY_WINDOW: Duration = Duration::from_secs(30);
+/// Longest request timeout the controller will stretch to.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The in-flight limit and request timeout of one endpoint.
+#[derive(Clone, Debug)]
+pub struct Concurrency {
+    max: usize,
+    limit: f64,
+    min_timeout: Duration,
+    /// Lowest latency seen in the current window, and when the window started.
+    min_latency: Option<(Duration, Instant)>,
+    /// Smoothed latency and its mean deviation, in seconds (RFC 6298).
+    srtt: Option<(f64, f64)>,
+    /// Timeouts in a row: each doubles the timeout.
+    timeouts: u32,
+    last_decrease: Option<Instant>,
+    /// A probe of the base latency: when it started, and the limit to restore after it.
+    probe: Option<(Instant, f64)>,
+}
+
+impl Concurrency {
+    /// Starts at `max_in_flight` requests and the configured timeout.
+    pub fn new(max_in_flight: usize, request_timeout: Duration) -> Self {
+        Concurrency {
+            max: max_in_flight.max(1),
+            limit: max_in_flight.max(1) as f64,
+            min_timeout: request_timeout,
+            min_latency: None,
+            srtt: None,
+            timeouts: 0,
+            last_decrease: None,
+            probe: None,
+        }
+    }
+
+    /// Requests that may be in flight now (1 to `max_in_flight`).
+    pub fn limit(&self) -> usize {
+        if self.probe.is_some() {
+            return 1;
+        }
+        (self.limit as usize).clamp(1, self.max)
+    }
+
+    /// How long to wait for the next request's answer.
+    pub fn timeout(&self) -> Duration {
+        let rto = self.srtt.map_or(0.0, |(srtt, rttvar)| srtt + 4.0 * rttvar);
+        let base = self.min_timeout.as_secs_f64().max(rto);
+        let backed_off = base * f64::from(1u32 << self.timeouts.min(10));
+        Duration::from_secs_f64(backed_off.min(MAX_TIMEOUT.as_secs_f64()))
+            .max(self.min_timeout.min(MAX_TIMEOUT))
+    }
+
+    /// The endpoint answered a request sent `latency` ago (with results or with an error of
+    /// its own).
+    pub fn on_answer(&mut self, latency: Duration, now: Instant) {
+        self.timeouts = 0;
+        let sample = latency.as_secs_f64();
+        self.srtt = Some(match self.srtt {
+            None => (sample, sample / 2.0),
+            Some((srtt, rttvar)) => (
+                0.875 * srtt + 0.125 * sample,
+                0.75 * rttvar + 0.25 * (srtt - sample).abs(),
+            ),
+        });
+        if let Some((started, restore)) = self.probe {
+            // Only a request sent once the probe began saw an empty endpoint.
+            if now.checked_sub(latency).is_some_and(|sent| sent >= started) {
+                self.probe = None;
+                self.min_latency = Some((latency, now));
+                self.limit = restore;
+            }
+            return;
+        }
+        let min = match self.min_latency {
+            Some((min, since)) if now.saturating_duration_since(since) < MIN_LATENCY_WINDOW => {
+                let min = min.min(latency);
+                self.min_latency = Some((min, since));
+                min
+            }
+            Some((min, _))
+                if self
+                    .srtt
+                    .is_some_and(|(srtt, _)| srtt > (min + LATENCY_SLACK).as_secs_f64()) =>
+            {
+                self.probe = Some((now, self.limit));
+                return;
+            }
+            _ => {
+                self.min_latency = Some((latency, now));
+                latency
+            }
+        };
+        let queueing = latency.as_secs_f64() > min.as_secs_f64() * LATENCY_TOLERANCE
+            && latency > min + LATENCY_SLACK;
+        if queueing {
+            self.decrease(GRADIENT_DECREASE, min, now);
+        } else {
+            self.limit = (self.limit + 1.0 / self.limit).min(self.max as f64);
+        }
+    }
+
+    /// A request timed out, its connection dropped, or it failed as a whole with a retryable
+    /// error: the endpoint is overloaded.
+    pub fn on_congestion(&mut self, timed_out: bool, now: Instant) {
+        if timed_out {
+            self.timeouts = self.timeouts.saturating_add(1);
+        }
+        let rtt = self.min_latency.map_or(Duration::ZERO, |(min, _)| min);
+        self.decrease(CONGESTION_DECREASE, rtt, now);
+    }
+
+    /// Lowers the limit, at most once per round trip (`rtt`), so that the answers of one
+    /// burst count as one signal.
+    fn decrease(&mut self, factor: f64, rtt: Duration, now: Instant) {
+        if self
+            .last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < rtt)
+        {
+            return;
+        }
+        self.last_decrease = Some(now);
+        match &mut self.probe {
+            Some((_, restore)) => *restore = (*restore * factor).max(1.0),
+            None => self.limit = (self.limit * factor).max(1.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn steady_latency_keeps_the_configured_limit() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        for i in 0..1_000 {
+            c.on_answer(ms(20 + i % 7), t0 + ms(i * 5));
+        }
+        assert_eq!(c.limit(), 32);
+        assert_eq!(c.timeout(), Duration::from_secs(6));
+    }
+
+    /// An endpoint that serves one request at a time, `service` each, first come first
+    /// served: latency grows with the number in flight. The controller must settle at a few
+    /// requests in flight (the AIMD sawtooth between 1 and 3), not at 32 (latency 16 s).
+    #[test]
+    fn a_queueing_endpoint_drives_the_limit_down_and_it_stays_low() {
+        let t0 = Instant::now();
+        let service = ms(500);
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        // Send times of the requests in the endpoint's queue, oldest first.
+        let mut queue: std::collections::VecDeque<Instant> = (0..32).map(|_| t0).collect();
+        let mut now = t0;
+        let mut limits = Vec::new();
+        for _ in 0..400 {
+            let sent = queue.pop_front().expect("a request in flight");
+            now += service;
+            c.on_answer(now - sent, now);
+            while queue.len() < c.limit() {
+                queue.push_back(now);
+            }
+            limits.push(c.limit());
+        }
+        let settled = &limits[300..];
+        assert!(settled.iter().all(|&l| l <= 3), "limits {settled:?}");
+        assert!(c.timeout() >= Duration::from_secs(6));
+    }
+
+    #[test]
+    fn timeouts_halve_the_limit_once_per_round_trip_and_stretch_the_timeout() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        c.on_answer(ms(100), t0);
+        c.on_congestion(true, t0 + ms(200));
+        assert_eq!(c.limit(), 16);
+        // Same round trip: one signal.
+        c.on_congestion(true, t0 + ms(250));
+        assert_eq!(c.limit(), 16);
+        assert_eq!(c.timeout(), Duration::from_secs(24), "doubled twice");
+        c.on_congestion(true, t0 + ms(400));
+        assert_eq!(c.limit(), 8);
+        // An answer ends the back-off of the timer.
+        c.on_answer(ms(100), t0 + ms(500));
+        assert_eq!(c.timeout(), Duration::from_secs(6));
+        for i in 0..10 {
+            c.on_congestion(false, t0 + Duration::from_secs(i + 1));
+        }
+        assert_eq!(c.limit(), 1, "never below one request");
+        assert_eq!(
+            c.timeout(),
+            Duration::from_secs(6),
+            "only timeouts stretch it"
+        );
+    }
+
+    #[test]
+    fn a_slow_endpoint_stretches_the_timeout_to_its_latency() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(4, Duration::from_secs(6));
+        for i in 0..50 {
+            c.on_answer(
+                Duration::from_secs(5) + ms(i * 40 % 2_000),
+                t0 + Duration::from_secs(i),
+            );
+        }
+        let t = c.timeout();
+        assert!(
+            t > Duration::from_secs(7) && t < Duration::from_secs(20),
+            "{t:?}"
+        );
+        for _ in 0..20 {
+            c.on_congestion(true, t0 + Duration::from_secs(1_000));
+        }
+        assert_eq!(c.timeout(), MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn the_limit_climbs_back_after_congestion_clears() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        c.on_answer(ms(20), t0);
+        for i in 0..6 {
+            c.on_congestion(false, t0 + Duration::from_secs(i + 1));
+        }
+        assert_eq!(c.limit(), 1);
+        let mut now = t0 + Duration::from_secs(10);
+        let mut answers = 0;
+        while c.limit() < 32 {
+            now += ms(1);
+            c.on_answer(ms(20), now);
+            answers += 1;
+            assert!(answers < 1_000, "stuck at {}", c.limit());
+        }
+        // About limit²/2 answers: 32 round trips of growing width.
+        assert!(answers > 400, "{answers}");
+    }
+
+    #[test]
+    fn the_lowest_latency_is_measured_afresh_each_window() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        c.on_answer(ms(10), t0);
+        // The endpoint moves far away: at first every answer looks like queueing...
+        c.on_answer(ms(400), t0 + ms(500));
+        assert_eq!(c.limit(), 28, "32 × 0.9, rounded down");
+        // ...until the window ends and 400 ms becomes the base.
+        let later = t0 + MIN_LATENCY_WINDOW + ms(1);
+        c.on_answer(ms(400), later);
+        let before = c.limit;
+        c.on_answer(ms(410), later + ms(500));
+        assert!(c.limit > before, "{} then {}", before, c.limit);
+    }
+}
