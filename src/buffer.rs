@@ -6,6 +6,7 @@
 //! The engine's ledger counts the same records on its own; `stats()` reports both, so tests
 //! can check one against the other.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Semaphore;
 
 #[derive(Debug)]
@@ -14,6 +15,9 @@ pub(crate) struct BufferGauge {
     bytes: Semaphore,
     pub max_records: usize,
     pub max_bytes: usize,
+    /// Room the engine holds back from `add` (the admission cap below the bound), as
+    /// (records, bytes); written by the engine only.
+    withheld: (AtomicUsize, AtomicUsize),
 }
 
 impl BufferGauge {
@@ -24,6 +28,52 @@ impl BufferGauge {
             bytes: Semaphore::new(max_bytes.min(cap)),
             max_records,
             max_bytes,
+            withheld: (AtomicUsize::new(0), AtomicUsize::new(0)),
+        }
+    }
+
+    /// Takes up to `records` and `bytes` of the room free now, without waiting; returns what
+    /// it took. The caller holds it back from `add` until it gives it back with
+    /// [`BufferGauge::release`].
+    pub fn take_free(&self, records: usize, bytes: usize) -> (usize, usize) {
+        let take = |sem: &Semaphore, want: usize| {
+            let n = want.min(sem.available_permits()).min(u32::MAX as usize);
+            match sem.try_acquire_many(n as u32) {
+                Ok(p) if n > 0 => {
+                    p.forget();
+                    n
+                }
+                _ => 0,
+            }
+        };
+        (take(&self.records, records), take(&self.bytes, bytes))
+    }
+
+    /// Records and bytes the engine holds back now.
+    pub fn withheld(&self) -> (usize, usize) {
+        (
+            self.withheld.0.load(Ordering::Acquire),
+            self.withheld.1.load(Ordering::Acquire),
+        )
+    }
+
+    /// Publishes what the engine holds back (after taking room, before giving it back).
+    pub fn set_withheld(&self, records: usize, bytes: usize) {
+        self.withheld.0.store(records, Ordering::Release);
+        self.withheld.1.store(bytes, Ordering::Release);
+    }
+
+    /// Free room and withheld room read together: `(records free, bytes free, records
+    /// withheld, bytes withheld)`. The engine takes room before it counts it withheld and gives
+    /// it back before it stops counting it, so a read between two equal reads of the withheld
+    /// room is consistent.
+    pub fn room(&self) -> (usize, usize, usize, usize) {
+        loop {
+            let w = self.withheld();
+            let free = (self.records_free(), self.bytes_free());
+            if self.withheld() == w {
+                return (free.0, free.1, w.0, w.1);
+            }
         }
     }
 
@@ -61,16 +111,18 @@ impl BufferGauge {
         self.bytes.add_permits(bytes);
     }
 
-    /// Records held now.
+    /// Records held now (room taken and not withheld).
     pub fn records_held(&self) -> usize {
         self.max_records
             .saturating_sub(self.records.available_permits())
+            .saturating_sub(self.withheld().0)
     }
 
-    /// Bytes held now.
+    /// Bytes held now (room taken and not withheld).
     pub fn bytes_held(&self) -> usize {
         self.max_bytes
             .saturating_sub(self.bytes.available_permits())
+            .saturating_sub(self.withheld().1)
     }
 
     /// Room for records now, as the semaphore has it (above `max_records` after a double

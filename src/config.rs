@@ -22,6 +22,8 @@ pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_RATE_LIMIT_PERCENT: u32 = 100;
 /// Default most PutRecords requests in flight at once.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+/// Default: adapt the in-flight limit and the request timeout to the endpoint's latency.
+pub const DEFAULT_ADAPTIVE_CONCURRENCY: bool = true;
 /// Default timeout of one PutRecords request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 /// Default most user records held by the producer (queued, in flight or awaiting retry).
@@ -105,6 +107,11 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// Timeout of one request.
     pub request_timeout: Duration,
+    /// Adapt the in-flight limit (up to `max_in_flight`, from one request at first) and the
+    /// request timeout (from `request_timeout` up) to the latency the endpoint shows, so that a
+    /// slow endpoint is not sent requests it cannot answer in time (see
+    /// [`crate::congestion`]). `false`: always `max_in_flight` and `request_timeout`.
+    pub adaptive_concurrency: bool,
     /// Most user records held.
     pub max_buffered_records: usize,
     /// Most bytes held (data + partition keys).
@@ -134,6 +141,7 @@ impl Default for ProducerConfig {
             rate_limiting: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            adaptive_concurrency: DEFAULT_ADAPTIVE_CONCURRENCY,
             max_buffered_records: DEFAULT_MAX_BUFFERED_RECORDS,
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             ordering: Ordering::None,

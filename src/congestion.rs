@@ -7,18 +7,27 @@
 //! twice, and the endpoint slows further: congestion collapse. So the limit on requests in
 //! flight adapts (AIMD on a latency gradient, as Netflix's concurrency-limits does):
 //!
-//! - every answer whose latency stays within [`LATENCY_TOLERANCE`] × the lowest latency seen
-//!   (plus [`LATENCY_SLACK`]) raises the limit by `1 / limit`: about one more request per round
-//!   trip, up to `max_in_flight`;
+//! - the limit starts at [`INITIAL_LIMIT`] and, until the first sign of congestion, grows by
+//!   one with every answer (doubling each round trip, as TCP's slow start), so a slow endpoint
+//!   is never handed a burst of `max_in_flight` large requests at once;
+//! - after that, every answer whose latency stays within [`LATENCY_TOLERANCE`] × the lowest
+//!   latency seen (or [`LATENCY_SLACK`] above it) raises the limit by `1 / limit`: about one
+//!   more request per round trip, up to `max_in_flight`;
 //! - an answer slower than that lowers the limit by [`GRADIENT_DECREASE`], at most once per
 //!   round trip;
 //! - a timeout, a dropped connection or a whole-request 5xx or throttling error is congestion:
 //!   the limit halves (at most once per round trip).
 //!
 //! The request timeout follows the same samples, as TCP's retransmission timer does: at least
-//! the configured `request_timeout`, stretched to `srtt + 4 · rttvar` when the endpoint is
-//! slower than that, and doubled after each timeout until an answer comes (Karn's rule), so a
-//! request is not abandoned while a slow endpoint is still working on it.
+//! the configured `request_timeout`, stretched to `srtt + 4 · rttvar` or to [`TIMEOUT_MARGIN`]
+//! × the slowest latency seen in the window, whichever is longer, when the endpoint is slower
+//! than that, and doubled after each timeout until an answer comes (Karn's rule). A request
+//! abandoned while the endpoint is still storing it is sent again and stored twice, so the
+//! timer errs long: it is for a dead connection, not for a slow answer.
+//!
+//! Requests differ in size (one record to 10 MiB), and a slow endpoint's latency grows with
+//! it: latency is measured per [`QUANTUM`] of request bytes (a request smaller than a quantum
+//! counts as one), and a request's expected latency and timeout scale with its size.
 //!
 //! The lowest latency is measured afresh every [`MIN_LATENCY_WINDOW`], so the controller follows
 //! an endpoint whose base latency changes. Latency measured under our own load would only show
@@ -31,17 +40,29 @@ use std::time::{Duration, Instant};
 /// An answer slower than this many times the lowest latency (plus the slack) means the
 /// endpoint queues requests.
 pub const LATENCY_TOLERANCE: f64 = 2.0;
-/// Latency an answer may add to the lowest before it counts as queueing, whatever the ratio
-/// (the noise of a fast endpoint).
-pub const LATENCY_SLACK: Duration = Duration::from_millis(100);
+/// Latency an answer may add to the lowest before it counts as queueing, whatever the ratio:
+/// requests differ in size (1 to 500 records, up to 10 MiB), so a fast endpoint's latency
+/// varies by much more than 2× without any queueing; a second more is what matters.
+pub const LATENCY_SLACK: Duration = Duration::from_secs(1);
 /// Limit multiplier when latency shows queueing.
 pub const GRADIENT_DECREASE: f64 = 0.9;
 /// Limit multiplier on a timeout, a dropped connection or a whole-request failure.
 pub const CONGESTION_DECREASE: f64 = 0.5;
 /// How long the lowest latency seen is kept before it is measured afresh.
 pub const MIN_LATENCY_WINDOW: Duration = Duration::from_secs(30);
+/// The timeout is at least this many times the slowest latency seen in the window.
+pub const TIMEOUT_MARGIN: f64 = 4.0;
+/// Request bytes per unit of latency accounting (smaller requests count as one unit).
+pub const QUANTUM: usize = 256 * 1024;
+/// Requests in flight at first.
+pub const INITIAL_LIMIT: usize = 1;
 /// Longest request timeout the controller will stretch to.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Latency units of a request of `bytes`.
+fn units(bytes: usize) -> f64 {
+    (bytes.max(QUANTUM) as f64) / QUANTUM as f64
+}
 
 /// The in-flight limit and request timeout of one endpoint.
 #[derive(Clone, Debug)]
@@ -49,29 +70,49 @@ pub struct Concurrency {
     max: usize,
     limit: f64,
     min_timeout: Duration,
-    /// Lowest latency seen in the current window, and when the window started.
-    min_latency: Option<(Duration, Instant)>,
-    /// Smoothed latency and its mean deviation, in seconds (RFC 6298).
+    /// Lowest latency per unit seen in the current window (seconds), and when the window
+    /// started.
+    min_latency: Option<(f64, Instant)>,
+    /// Highest latency per unit seen in the current and the previous window (seconds).
+    max_latency: (f64, f64),
+    /// Smoothed latency per unit and its mean deviation, in seconds (RFC 6298).
     srtt: Option<(f64, f64)>,
     /// Timeouts in a row: each doubles the timeout.
     timeouts: u32,
     last_decrease: Option<Instant>,
     /// A probe of the base latency: when it started, and the limit to restore after it.
     probe: Option<(Instant, f64)>,
+    /// Growing by one per answer until the first sign of congestion.
+    slow_start: bool,
+    /// `false`: always `max_in_flight` and the configured timeout.
+    adaptive: bool,
 }
 
 impl Concurrency {
-    /// Starts at `max_in_flight` requests and the configured timeout.
+    /// Starts at [`INITIAL_LIMIT`] requests (at most `max_in_flight`) and the configured
+    /// timeout.
     pub fn new(max_in_flight: usize, request_timeout: Duration) -> Self {
         Concurrency {
             max: max_in_flight.max(1),
-            limit: max_in_flight.max(1) as f64,
+            limit: INITIAL_LIMIT.clamp(1, max_in_flight.max(1)) as f64,
+            slow_start: true,
+            adaptive: true,
             min_timeout: request_timeout,
             min_latency: None,
+            max_latency: (0.0, 0.0),
             srtt: None,
             timeouts: 0,
             last_decrease: None,
             probe: None,
+        }
+    }
+
+    /// Always `max_in_flight` requests and the configured timeout, whatever the endpoint does.
+    pub fn fixed(max_in_flight: usize, request_timeout: Duration) -> Self {
+        Concurrency {
+            limit: max_in_flight.max(1) as f64,
+            adaptive: false,
+            ..Self::new(max_in_flight, request_timeout)
         }
     }
 
@@ -83,20 +124,31 @@ impl Concurrency {
         (self.limit as usize).clamp(1, self.max)
     }
 
-    /// How long to wait for the next request's answer.
-    pub fn timeout(&self) -> Duration {
-        let rto = self.srtt.map_or(0.0, |(srtt, rttvar)| srtt + 4.0 * rttvar);
+    /// How long to wait for the answer to a request of `bytes`.
+    pub fn timeout(&self, bytes: usize) -> Duration {
+        if !self.adaptive {
+            return self.min_timeout;
+        }
+        let rto = self
+            .srtt
+            .map_or(0.0, |(srtt, rttvar)| srtt + 4.0 * rttvar)
+            .max(TIMEOUT_MARGIN * self.max_latency.0.max(self.max_latency.1))
+            * units(bytes);
         let base = self.min_timeout.as_secs_f64().max(rto);
         let backed_off = base * f64::from(1u32 << self.timeouts.min(10));
         Duration::from_secs_f64(backed_off.min(MAX_TIMEOUT.as_secs_f64()))
             .max(self.min_timeout.min(MAX_TIMEOUT))
     }
 
-    /// The endpoint answered a request sent `latency` ago (with results or with an error of
-    /// its own).
-    pub fn on_answer(&mut self, latency: Duration, now: Instant) {
+    /// The endpoint answered a request of `bytes` sent `latency` ago (with results or with an
+    /// error of its own).
+    pub fn on_answer(&mut self, latency: Duration, bytes: usize, now: Instant) {
+        if !self.adaptive {
+            return;
+        }
         self.timeouts = 0;
-        let sample = latency.as_secs_f64();
+        let units = units(bytes);
+        let sample = latency.as_secs_f64() / units;
         self.srtt = Some(match self.srtt {
             None => (sample, sample / 2.0),
             Some((srtt, rttvar)) => (
@@ -108,47 +160,60 @@ impl Concurrency {
             // Only a request sent once the probe began saw an empty endpoint.
             if now.checked_sub(latency).is_some_and(|sent| sent >= started) {
                 self.probe = None;
-                self.min_latency = Some((latency, now));
+                self.min_latency = Some((sample, now));
                 self.limit = restore;
             }
             return;
         }
+        let slack = LATENCY_SLACK.as_secs_f64();
+        if self
+            .min_latency
+            .is_some_and(|(_, since)| now.saturating_duration_since(since) >= MIN_LATENCY_WINDOW)
+        {
+            self.max_latency = (0.0, self.max_latency.0);
+        }
+        self.max_latency.0 = self.max_latency.0.max(sample);
         let min = match self.min_latency {
             Some((min, since)) if now.saturating_duration_since(since) < MIN_LATENCY_WINDOW => {
-                let min = min.min(latency);
+                let min = min.min(sample);
                 self.min_latency = Some((min, since));
                 min
             }
-            Some((min, _))
-                if self
-                    .srtt
-                    .is_some_and(|(srtt, _)| srtt > (min + LATENCY_SLACK).as_secs_f64()) =>
-            {
+            Some((min, _)) if self.srtt.is_some_and(|(srtt, _)| srtt > min + slack) => {
                 self.probe = Some((now, self.limit));
                 return;
             }
             _ => {
-                self.min_latency = Some((latency, now));
-                latency
+                self.min_latency = Some((sample, now));
+                sample
             }
         };
-        let queueing = latency.as_secs_f64() > min.as_secs_f64() * LATENCY_TOLERANCE
-            && latency > min + LATENCY_SLACK;
+        // What this request would take on an idle endpoint.
+        let expected = min * units;
+        let queueing = latency.as_secs_f64() > (expected * LATENCY_TOLERANCE).max(expected + slack);
         if queueing {
-            self.decrease(GRADIENT_DECREASE, min, now);
+            self.decrease(GRADIENT_DECREASE, Duration::from_secs_f64(expected), now);
         } else {
-            self.limit = (self.limit + 1.0 / self.limit).min(self.max as f64);
+            let step = if self.slow_start {
+                1.0
+            } else {
+                1.0 / self.limit
+            };
+            self.limit = (self.limit + step).min(self.max as f64);
         }
     }
 
     /// A request timed out, its connection dropped, or it failed as a whole with a retryable
     /// error: the endpoint is overloaded.
     pub fn on_congestion(&mut self, timed_out: bool, now: Instant) {
+        if !self.adaptive {
+            return;
+        }
         if timed_out {
             self.timeouts = self.timeouts.saturating_add(1);
         }
-        let rtt = self.min_latency.map_or(Duration::ZERO, |(min, _)| min);
-        self.decrease(CONGESTION_DECREASE, rtt, now);
+        let rtt = self.min_latency.map_or(0.0, |(min, _)| min);
+        self.decrease(CONGESTION_DECREASE, Duration::from_secs_f64(rtt), now);
     }
 
     /// Lowers the limit, at most once per round trip (`rtt`), so that the answers of one
@@ -161,6 +226,7 @@ impl Concurrency {
             return;
         }
         self.last_decrease = Some(now);
+        self.slow_start = false;
         match &mut self.probe {
             Some((_, restore)) => *restore = (*restore * factor).max(1.0),
             None => self.limit = (self.limit * factor).max(1.0),
@@ -176,20 +242,51 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    #[test]
-    fn steady_latency_keeps_the_configured_limit() {
-        let t0 = Instant::now();
+    /// A controller out of slow start at 32 requests, whose lowest latency is `latency`; the
+    /// answers that got it there end before `t0`.
+    fn warmed(latency: Duration, t0: Instant) -> Concurrency {
         let mut c = Concurrency::new(32, Duration::from_secs(6));
-        for i in 0..1_000 {
-            c.on_answer(ms(20 + i % 7), t0 + ms(i * 5));
+        let start = t0 - ms(100);
+        for i in 0..40 {
+            c.on_answer(latency, 0, start + ms(i));
         }
         assert_eq!(c.limit(), 32);
-        assert_eq!(c.timeout(), Duration::from_secs(6));
+        c
+    }
+
+    #[test]
+    fn a_fixed_controller_ignores_the_endpoint() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::fixed(32, Duration::from_secs(6));
+        assert_eq!(c.limit(), 32);
+        c.on_answer(Duration::from_secs(50), 5 << 20, t0);
+        c.on_congestion(true, t0 + Duration::from_secs(1));
+        assert_eq!(
+            (c.limit(), c.timeout(5 << 20)),
+            (32, Duration::from_secs(6))
+        );
+    }
+
+    #[test]
+    fn slow_start_reaches_the_configured_limit_in_a_few_answers_and_stays() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        assert_eq!(c.limit(), INITIAL_LIMIT);
+        for i in 0..31 {
+            c.on_answer(ms(20), 0, t0 + ms(i));
+        }
+        assert_eq!(c.limit(), 32);
+        for i in 31..1_000 {
+            c.on_answer(ms(20 + i % 7), 0, t0 + ms(i * 5));
+        }
+        assert_eq!(c.limit(), 32);
+        assert_eq!(c.timeout(0), Duration::from_secs(6));
     }
 
     /// An endpoint that serves one request at a time, `service` each, first come first
     /// served: latency grows with the number in flight. The controller must settle at a few
-    /// requests in flight (the AIMD sawtooth between 1 and 3), not at 32 (latency 16 s).
+    /// requests in flight (an AIMD sawtooth: latency up to 2 s, within the slack of the
+    /// 500 ms base), not at 32 (latency 16 s).
     #[test]
     fn a_queueing_endpoint_drives_the_limit_down_and_it_stays_low() {
         let t0 = Instant::now();
@@ -202,39 +299,39 @@ mod tests {
         for _ in 0..400 {
             let sent = queue.pop_front().expect("a request in flight");
             now += service;
-            c.on_answer(now - sent, now);
+            c.on_answer(now - sent, 0, now);
             while queue.len() < c.limit() {
                 queue.push_back(now);
             }
             limits.push(c.limit());
         }
         let settled = &limits[300..];
-        assert!(settled.iter().all(|&l| l <= 3), "limits {settled:?}");
-        assert!(c.timeout() >= Duration::from_secs(6));
+        assert!(settled.iter().all(|&l| l <= 4), "limits {settled:?}");
+        assert!(c.timeout(0) >= Duration::from_secs(6));
     }
 
     #[test]
     fn timeouts_halve_the_limit_once_per_round_trip_and_stretch_the_timeout() {
-        let t0 = Instant::now();
-        let mut c = Concurrency::new(32, Duration::from_secs(6));
-        c.on_answer(ms(100), t0);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let mut c = warmed(ms(100), t0);
+        c.on_answer(ms(100), 0, t0);
         c.on_congestion(true, t0 + ms(200));
         assert_eq!(c.limit(), 16);
         // Same round trip: one signal.
         c.on_congestion(true, t0 + ms(250));
         assert_eq!(c.limit(), 16);
-        assert_eq!(c.timeout(), Duration::from_secs(24), "doubled twice");
+        assert_eq!(c.timeout(0), Duration::from_secs(24), "doubled twice");
         c.on_congestion(true, t0 + ms(400));
         assert_eq!(c.limit(), 8);
         // An answer ends the back-off of the timer.
-        c.on_answer(ms(100), t0 + ms(500));
-        assert_eq!(c.timeout(), Duration::from_secs(6));
+        c.on_answer(ms(100), 0, t0 + ms(500));
+        assert_eq!(c.timeout(0), Duration::from_secs(6));
         for i in 0..10 {
             c.on_congestion(false, t0 + Duration::from_secs(i + 1));
         }
         assert_eq!(c.limit(), 1, "never below one request");
         assert_eq!(
-            c.timeout(),
+            c.timeout(0),
             Duration::from_secs(6),
             "only timeouts stretch it"
         );
@@ -247,25 +344,51 @@ mod tests {
         for i in 0..50 {
             c.on_answer(
                 Duration::from_secs(5) + ms(i * 40 % 2_000),
+                0,
                 t0 + Duration::from_secs(i),
             );
         }
-        let t = c.timeout();
+        // The slowest answer was 6.96 s: four times that.
+        let t = c.timeout(0);
         assert!(
-            t > Duration::from_secs(7) && t < Duration::from_secs(20),
+            t > Duration::from_millis(27_800) && t < Duration::from_millis(27_900),
             "{t:?}"
         );
         for _ in 0..20 {
             c.on_congestion(true, t0 + Duration::from_secs(1_000));
         }
-        assert_eq!(c.timeout(), MAX_TIMEOUT);
+        assert_eq!(c.timeout(0), MAX_TIMEOUT);
+    }
+
+    /// An endpoint whose latency grows with the request's size (0.25 s per 256 KiB): a 5 MiB
+    /// request taking 5 s is no sign of queueing, and its timeout leaves room for it.
+    #[test]
+    fn latency_and_timeout_scale_with_the_request_size() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        for i in 0..31 {
+            let bytes = if i % 2 == 0 { 1_000 } else { 5 << 20 };
+            let latency = ms(250) * units(bytes) as u32;
+            c.on_answer(latency, bytes, t0 + Duration::from_secs(i));
+        }
+        assert_eq!(c.limit(), 32, "no answer looked like queueing");
+        assert_eq!(
+            c.timeout(1_000),
+            Duration::from_secs(6),
+            "the configured floor"
+        );
+        let big = c.timeout(5 << 20);
+        assert!(big >= Duration::from_secs(5), "{big:?}");
+        // The same 5 s for a small request is queueing.
+        c.on_answer(Duration::from_secs(5), 1_000, t0 + Duration::from_secs(40));
+        assert_eq!(c.limit(), 28);
     }
 
     #[test]
     fn the_limit_climbs_back_after_congestion_clears() {
         let t0 = Instant::now();
         let mut c = Concurrency::new(32, Duration::from_secs(6));
-        c.on_answer(ms(20), t0);
+        c.on_answer(ms(20), 0, t0);
         for i in 0..6 {
             c.on_congestion(false, t0 + Duration::from_secs(i + 1));
         }
@@ -274,7 +397,7 @@ mod tests {
         let mut answers = 0;
         while c.limit() < 32 {
             now += ms(1);
-            c.on_answer(ms(20), now);
+            c.on_answer(ms(20), 0, now);
             answers += 1;
             assert!(answers < 1_000, "stuck at {}", c.limit());
         }
@@ -284,17 +407,29 @@ mod tests {
 
     #[test]
     fn the_lowest_latency_is_measured_afresh_each_window() {
-        let t0 = Instant::now();
-        let mut c = Concurrency::new(32, Duration::from_secs(6));
-        c.on_answer(ms(10), t0);
+        let t0 = Instant::now() + Duration::from_secs(1);
+        let mut c = warmed(ms(10), t0);
         // The endpoint moves far away: at first every answer looks like queueing...
-        c.on_answer(ms(400), t0 + ms(500));
+        c.on_answer(ms(1_400), 0, t0 + ms(1_500));
         assert_eq!(c.limit(), 28, "32 × 0.9, rounded down");
-        // ...until the window ends and 400 ms becomes the base.
-        let later = t0 + MIN_LATENCY_WINDOW + ms(1);
-        c.on_answer(ms(400), later);
+        for i in 2..=10 {
+            c.on_answer(ms(1_400), 0, t0 + ms(1_500) * i);
+        }
+        let restore = c.limit();
+        assert!(restore < 28, "{restore}");
+        // ...until the window ends: the answers were slow, so a probe measures the base with
+        // one request in flight...
+        let later = t0 - ms(100) + MIN_LATENCY_WINDOW + ms(1);
+        c.on_answer(ms(1_400), 0, later);
+        assert_eq!(c.limit(), 1, "probing");
+        // ...an answer to a request sent before the probe does not end it...
+        c.on_answer(ms(1_400), 0, later + ms(100));
+        assert_eq!(c.limit(), 1);
+        // ...one sent during it does: 1.4 s is the new base and the limit is restored.
+        c.on_answer(ms(1_400), 0, later + ms(1_500));
+        assert_eq!(c.limit(), restore);
         let before = c.limit;
-        c.on_answer(ms(410), later + ms(500));
-        assert!(c.limit > before, "{} then {}", before, c.limit);
+        c.on_answer(ms(1_500), 0, later + ms(3_000));
+        assert!(c.limit > before, "{before} then {}", c.limit);
     }
 }

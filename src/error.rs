@@ -16,7 +16,9 @@ pub enum AddError {
         /// The caller's record, unchanged.
         record: UserRecord,
     },
-    /// `try_add` only: the buffer is at `max_buffered_records` or `max_buffered_bytes`.
+    /// `try_add` only: the buffer is at its bound in force: `max_buffered_records` and
+    /// `max_buffered_bytes`, or lower while the stream drains slower than records arrive (what
+    /// can be sent within half the record TTL; see [`crate::admission`]).
     #[error("buffer full: {buffered_records} records / {buffered_bytes} bytes buffered (limits {max_records} records, {max_bytes} bytes)")]
     BufferFull {
         /// The caller's record, unchanged.
@@ -25,9 +27,9 @@ pub enum AddError {
         buffered_records: usize,
         /// Bytes held when the call was made (approximate).
         buffered_bytes: usize,
-        /// `max_buffered_records`.
+        /// The record bound in force (`max_buffered_records` or lower).
         max_records: usize,
-        /// `max_buffered_bytes`.
+        /// The byte bound in force (`max_buffered_bytes` or lower).
         max_bytes: usize,
     },
     /// The producer was shut down.

@@ -30,6 +30,7 @@
 #![deny(missing_docs)]
 #![warn(rust_2018_idioms)]
 
+pub mod admission;
 pub mod aggregation;
 mod buffer;
 pub mod collector;

@@ -26,6 +26,13 @@ pub struct Stats {
     pub buffer_records_free: u64,
     /// Room left for bytes in the buffer bound, likewise.
     pub buffer_bytes_free: u64,
+    /// Room for records the producer holds back from `add` while the stream drains slower than
+    /// records arrive (the bound in force is `max_buffered_records` minus this; see
+    /// [`crate::admission`]). Settled, `records_pending + buffer_records_free +
+    /// buffer_records_withheld` is `max_buffered_records`.
+    pub buffer_records_withheld: u64,
+    /// Room for bytes held back, likewise.
+    pub buffer_bytes_withheld: u64,
     /// Kinesis records stored (an aggregate counts once).
     pub kinesis_records_put: u64,
     /// Bytes stored, as the service counts them (data + partition key of Kinesis records).
@@ -125,8 +132,10 @@ impl SharedStats {
         counter.fetch_add(n, Relaxed);
     }
 
-    /// The counters, with the buffer's free room as the semaphores report it.
-    pub fn snapshot(&self, buffer_records_free: u64, buffer_bytes_free: u64) -> Stats {
+    /// The counters, with the buffer's room: free (as the semaphores report it) and withheld,
+    /// records and bytes.
+    pub fn snapshot(&self, room: (usize, usize, usize, usize)) -> Stats {
+        let (buffer_records_free, buffer_bytes_free, records_withheld, bytes_withheld) = room;
         Stats {
             records_received: self.records_received.load(Relaxed),
             records_put: self.records_put.load(Relaxed),
@@ -134,8 +143,10 @@ impl SharedStats {
             records_expired: self.records_expired.load(Relaxed),
             records_pending: self.records_pending.load(Relaxed),
             bytes_pending: self.bytes_pending.load(Relaxed),
-            buffer_records_free,
-            buffer_bytes_free,
+            buffer_records_free: buffer_records_free as u64,
+            buffer_bytes_free: buffer_bytes_free as u64,
+            buffer_records_withheld: records_withheld as u64,
+            buffer_bytes_withheld: bytes_withheld as u64,
             kinesis_records_put: self.kinesis_records_put.load(Relaxed),
             bytes_put: self.bytes_put.load(Relaxed),
             requests: self.requests.load(Relaxed),

@@ -848,6 +848,62 @@ async fn stream_by_arn(kind: Emulator) {
     assert_eq!((v.copies, v.duplicates, v.off_prediction), (500, 0, 0));
 }
 
+/// 9: a slow endpoint with the default settings (6 s request timeout, 30 s TTL, 32 requests
+/// in flight): kinesis-local spends seconds on a large request, more the more it is given at
+/// once. Before the in-flight limit adapted to latency, requests passed their timeout while it
+/// was still storing them and were sent again: 10,000 lines were stored 21,040 times and
+/// thousands reported failed. Now every record is stored exactly once and reported stored.
+async fn slow_endpoint(kind: Emulator, aggregation: bool, records: u32) {
+    let Some(env) = env(kind).await else { return };
+    let stream = if aggregation { "slow-agg" } else { "slow-raw" };
+    create_stream(&env.client, stream, 4, None).await;
+    let p = Producer::builder()
+        .stream_name(stream)
+        .aggregation(aggregation)
+        .build(&env.sdk)
+        .await
+        .expect("build");
+    let started = Instant::now();
+    // Lines of 10 to 1,500 bytes over 997 keys, as in the report.
+    let lines = (0..records)
+        .map(|id| {
+            let len = 11 + (id.wrapping_mul(7_919) % 1_490) as usize;
+            UserRecord::new(format!("user-{}", id % 997), payload(id, len))
+        })
+        .collect();
+    let added = add_all(&p, lines).await;
+    let done = outcomes(added).await;
+    let stats = p.stats();
+    p.shutdown().await.expect("shutdown");
+    eprintln!(
+        "{kind:?} slow endpoint, aggregation={aggregation}: {records} records in {:?}: {stats:?}",
+        started.elapsed(),
+    );
+    let contents = read_stream(&env.client, stream).await;
+    let v = verify(&contents, &done);
+    assert_eq!(done.len(), records as usize, "every record reported stored");
+    assert_eq!(v.copies, done.len(), "every record stored exactly once");
+    assert_eq!(v.duplicates, 0);
+    assert_eq!(
+        stats.possible_duplicates, 0,
+        "no request timed out: {stats:?}"
+    );
+}
+
+mod slow_endpoint_default_settings {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plain_10000_lines_on_kinesis_local() {
+        slow_endpoint(Emulator::KinesisLocal, false, 10_000).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aggregated_30000_lines_on_kinesis_local() {
+        slow_endpoint(Emulator::KinesisLocal, true, 30_000).await
+    }
+}
+
 // ---- the tests: every scenario on both emulators ------------------------------------------
 
 macro_rules! on_both {

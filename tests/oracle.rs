@@ -11,11 +11,17 @@ const RECORDS: u64 = 100;
 const BYTES: u64 = 10_000;
 
 fn stats(pending: (u64, u64), free: (u64, u64)) -> Stats {
+    withheld(pending, free, (0, 0))
+}
+
+fn withheld(pending: (u64, u64), free: (u64, u64), withheld: (u64, u64)) -> Stats {
     Stats {
         records_pending: pending.0,
         bytes_pending: pending.1,
         buffer_records_free: free.0,
         buffer_bytes_free: free.1,
+        buffer_records_withheld: withheld.0,
+        buffer_bytes_withheld: withheld.1,
         ..Stats::default()
     }
 }
@@ -49,6 +55,16 @@ fn more_free_room_than_the_bound_is_a_double_release() {
 fn settled_ledger_and_semaphores_that_agree_pass() {
     assert_bound_agrees(&stats((0, 0), (100, 10_000)), RECORDS, BYTES);
     assert_bound_agrees(&stats((3, 300), (97, 9_700)), RECORDS, BYTES);
+    // Room held back by the admission cap counts neither as free nor as pending.
+    let s = withheld((3, 300), (57, 5_700), (40, 4_000));
+    assert_bound_agrees(&s, RECORDS, BYTES);
+    assert_eq!(bound_breach(&s, RECORDS, BYTES), None);
+}
+
+#[test]
+fn withheld_room_on_top_of_all_free_room_is_a_double_release() {
+    let s = withheld((0, 0), (100, 10_000), (1, 0));
+    assert!(bound_breach(&s, RECORDS, BYTES).is_some());
 }
 
 #[test]

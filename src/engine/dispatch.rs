@@ -189,12 +189,13 @@ impl Engine {
             id,
             InFlight {
                 records: batch.records,
+                bytes: batch.bytes,
                 start: now,
             },
         );
         Action::Send {
             id,
-            timeout: self.concurrency.timeout(),
+            timeout: self.concurrency.timeout(batch.bytes),
             request: PutRecordsRequest {
                 stream: self.s.stream.clone(),
                 records: wire,

@@ -5,7 +5,9 @@
 //! engine's own count, kept apart from the buffer's semaphores (which only `add` and this ledger
 //! touch), so the two can be compared: a double release or a lost one shows as a disagreement.
 //! The ledger also counts each shard's Kinesis records between the collector and their
-//! response ([`Outstanding`]), which per-shard ordering waits on, and answers `flush()` waiters.
+//! response ([`Outstanding`]), which per-shard ordering waits on, answers `flush()` waiters, and
+//! holds back buffer room from `add` when the admission cap is below the configured bound:
+//! it takes free room, or keeps room that records give back, until it holds back enough.
 
 use super::entry::Entry;
 use crate::buffer::BufferGauge;
@@ -37,6 +39,9 @@ pub(super) struct Ledger {
     records: usize,
     bytes: usize,
     flushes: Vec<FlushWaiter>,
+    /// Room held back from `add` now, and how much should be: (records, bytes).
+    withheld: (usize, usize),
+    withhold: (usize, usize),
     gauge: Arc<BufferGauge>,
     /// Where `records`/`bytes` are published for `stats()` (the engine is the only writer).
     shared: Arc<SharedStats>,
@@ -49,6 +54,8 @@ impl Ledger {
             records: 0,
             bytes: 0,
             flushes: Vec::new(),
+            withheld: (0, 0),
+            withhold: (0, 0),
             gauge,
             shared,
         }
@@ -83,8 +90,49 @@ impl Ledger {
         }
         self.records -= n;
         self.bytes -= bytes;
-        self.gauge.release(n, bytes);
+        // Keep what the admission cap wants held back; give the rest back to `add`.
+        let keep = (
+            n.min(self.withhold.0.saturating_sub(self.withheld.0)),
+            bytes.min(self.withhold.1.saturating_sub(self.withheld.1)),
+        );
+        if keep != (0, 0) {
+            self.withheld = (self.withheld.0 + keep.0, self.withheld.1 + keep.1);
+            self.gauge.set_withheld(self.withheld.0, self.withheld.1);
+        }
+        self.gauge.release(n - keep.0, bytes - keep.1);
         self.publish();
+    }
+
+    /// The admission cap in force: the room `add` may use, records and bytes. Room above it is
+    /// held back (taken from what is free now, the rest as records give it back); room below it
+    /// that was held back goes back to `add`.
+    pub fn set_cap(&mut self, cap: (usize, usize)) {
+        let withhold = (
+            self.gauge.max_records.saturating_sub(cap.0),
+            self.gauge.max_bytes.saturating_sub(cap.1),
+        );
+        if withhold == self.withhold && self.withheld == withhold {
+            return;
+        }
+        self.withhold = withhold;
+        let excess = (
+            self.withheld.0.saturating_sub(withhold.0),
+            self.withheld.1.saturating_sub(withhold.1),
+        );
+        if excess != (0, 0) {
+            // Give back before no longer counting it (see `BufferGauge::room`).
+            self.gauge.release(excess.0, excess.1);
+            self.withheld = (self.withheld.0 - excess.0, self.withheld.1 - excess.1);
+            self.gauge.set_withheld(self.withheld.0, self.withheld.1);
+        }
+        let taken = self.gauge.take_free(
+            withhold.0.saturating_sub(self.withheld.0),
+            withhold.1.saturating_sub(self.withheld.1),
+        );
+        if taken != (0, 0) {
+            self.withheld = (self.withheld.0 + taken.0, self.withheld.1 + taken.1);
+            self.gauge.set_withheld(self.withheld.0, self.withheld.1);
+        }
     }
 
     /// A released record's result was delivered: flush waiters that wait for it are one record

@@ -29,6 +29,7 @@ mod tests;
 
 pub(crate) use entry::{Entry, Reply};
 
+use crate::admission::Admission;
 use crate::aggregation::Aggregator;
 use crate::buffer::BufferGauge;
 use crate::collector::{Batch, Collector};
@@ -57,6 +58,8 @@ use tokio::sync::oneshot;
 /// A request in flight.
 struct InFlight {
     records: Vec<KRecord>,
+    /// Data + partition keys of its Kinesis records.
+    bytes: usize,
     start: Instant,
 }
 
@@ -94,6 +97,8 @@ pub(crate) struct EngineSettings {
     pub shard_rate: Option<(f64, f64)>,
     /// `false` when the stream's record distribution is `AUTO`.
     pub predict: bool,
+    /// The stream's record size limit (data + partition key).
+    pub max_record_size: usize,
     pub on_failure: Option<FailureCallback>,
 }
 
@@ -111,6 +116,9 @@ impl EngineSettings {
                 SHARD_BYTES_PER_SEC as f64 * pct,
             )),
             predict,
+            max_record_size: config
+                .max_request_bytes
+                .min(crate::limits::DEFAULT_RECORD_SIZE_LIMIT),
             on_failure: None,
         }
     }
@@ -131,6 +139,7 @@ pub(crate) struct Engine {
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     endpoint: EndpointBackoff,
     concurrency: Concurrency,
+    admission: Admission,
     round_robin: usize,
     telemetry: Telemetry,
     scratch: Vec<Entry>,
@@ -160,7 +169,17 @@ impl Engine {
             parked: Vec::new(),
             shutdown: None,
             endpoint: EndpointBackoff::default(),
-            concurrency: Concurrency::new(s.config.max_in_flight, s.config.request_timeout),
+            concurrency: if s.config.adaptive_concurrency {
+                Concurrency::new(s.config.max_in_flight, s.config.request_timeout)
+            } else {
+                Concurrency::fixed(s.config.max_in_flight, s.config.request_timeout)
+            },
+            admission: Admission::new(
+                s.config.record_ttl,
+                (s.config.max_buffered_records, s.config.max_buffered_bytes),
+                s.max_record_size,
+                now,
+            ),
             round_robin: 0,
             telemetry: Telemetry::new(stats, metrics, s.on_failure.clone(), now),
             scratch: Vec::new(),
@@ -220,7 +239,7 @@ impl Engine {
         self.telemetry.answered(latency);
         let retry = match result {
             Ok(results) => {
-                self.concurrency.on_answer(latency, now);
+                self.concurrency.on_answer(latency, request.bytes, now);
                 self.on_results(request, results, now)
             }
             Err(error) => self.on_request_error(request, error, now),
@@ -286,6 +305,11 @@ impl Engine {
             self.outbox.push_back(batch);
         }
         self.send_ready(now, actions);
+        if now >= self.admission.next_tick() {
+            self.admission
+                .tick((self.ledger.held(), self.ledger.bytes()), now);
+            self.ledger.set_cap(self.admission.cap());
+        }
         if now.saturating_duration_since(self.telemetry.last_published) >= STATS_PERIOD {
             self.publish_stats(now);
         }
@@ -327,6 +351,7 @@ impl Engine {
         }
         if self.ledger.held() > 0 {
             at(Some(self.telemetry.last_published + STATS_PERIOD));
+            at(Some(self.admission.next_tick()));
         }
         t
     }
@@ -360,6 +385,20 @@ impl Engine {
         for e in orphans {
             self.shards.enqueue_back(e);
         }
+        // What the stream can take: the limits of every open shard (of the whole stream under
+        // AUTO, where one pseudo-shard carries them all). Aggregated, the record limit applies
+        // to aggregates, not to user records.
+        let shards = self.shards.len() as f64 * scale;
+        let aggregation = self.s.aggregation;
+        self.admission.set_capacity(rate.map(|(records, bytes)| {
+            let records = if aggregation {
+                f64::INFINITY
+            } else {
+                records * shards
+            };
+            (records, bytes * shards)
+        }));
+        self.ledger.set_cap(self.admission.cap());
     }
 
     fn publish_stats(&mut self, now: Instant) {

@@ -25,7 +25,7 @@ impl Engine {
     /// Per-record results of a request: each Kinesis record stored or failed on its own.
     pub(super) fn on_results(
         &mut self,
-        InFlight { records, start }: InFlight,
+        InFlight { records, start, .. }: InFlight,
         results: Vec<PutRecordsResultEntry>,
         now: Instant,
     ) -> Vec<Entry> {
@@ -92,7 +92,11 @@ impl Engine {
     /// A request that failed as a whole: every record in it shares the error.
     pub(super) fn on_request_error(
         &mut self,
-        InFlight { records, start }: InFlight,
+        InFlight {
+            records,
+            bytes,
+            start,
+        }: InFlight,
         error: ClientError,
         now: Instant,
     ) -> Vec<Entry> {
@@ -115,7 +119,7 @@ impl Engine {
             ClientErrorKind::Timeout => self.concurrency.on_congestion(true, now),
             ClientErrorKind::Connection => self.concurrency.on_congestion(false, now),
             ClientErrorKind::Service if retryable => self.concurrency.on_congestion(false, now),
-            ClientErrorKind::Service => self.concurrency.on_answer(duration, now),
+            ClientErrorKind::Service => self.concurrency.on_answer(duration, bytes, now),
             ClientErrorKind::Construction | ClientErrorKind::Cancelled => {}
         }
         // The service may have stored these records before the answer was lost: sending them
@@ -249,6 +253,8 @@ impl Engine {
         // Buffer room, stats and metrics once per Kinesis record rather than once per user
         // record, before any future resolves (as `resolve` does).
         self.ledger.release(&entries);
+        self.admission
+            .on_drained(entries.len(), entries.iter().map(Entry::size).sum());
         self.telemetry.put(entries.len());
         for (i, mut e) in entries.into_iter().enumerate() {
             // Fire-and-forget records have no future: no outcome to build.
@@ -338,7 +344,10 @@ impl Engine {
     pub(super) fn resolve(&mut self, e: Entry, result: Result<PutOutcome, RecordError>) {
         self.ledger.release([&e]);
         match &result {
-            Ok(_) => self.telemetry.put(1),
+            Ok(_) => {
+                self.admission.on_drained(1, e.size());
+                self.telemetry.put(1);
+            }
             Err(err) => self.telemetry.failed(&e, err),
         }
         let seq = e.seq;

@@ -19,10 +19,13 @@ struct Harness {
     actions: Vec<Action>,
 }
 
+/// Fixed concurrency: these tests count requests in flight from the first poll (the adaptive
+/// controller is tested in `congestion.rs` and below).
 fn config() -> ProducerConfig {
     ProducerConfig {
         stream: Some(StreamRef::Name("s".into())),
         aggregation: false,
+        adaptive_concurrency: false,
         ..Default::default()
     }
 }
@@ -939,4 +942,55 @@ fn the_ledger_counts_what_is_held_and_gives_room_back_exactly_once() {
         0,
         "the ledger publishes its count for stats()"
     );
+}
+
+#[test]
+fn adaptive_concurrency_starts_with_one_request_grows_with_answers_and_halves_on_timeouts() {
+    let mut h = Harness::new(
+        4,
+        ProducerConfig {
+            adaptive_concurrency: true,
+            max_in_flight: 8,
+            rate_limiting: false,
+            ..config()
+        },
+    );
+    let _rxs: Vec<Rx> = (0..4_000)
+        .map(|i| h.add_to(i % 4, 4, &format!("k{i}"), "d"))
+        .collect();
+    h.advance(Duration::from_millis(100));
+    let first = h.poll();
+    assert_eq!(first.len(), 1, "slow start: one request at first");
+    h.advance(Duration::from_millis(20));
+    let (id, req) = &first[0];
+    h.ok_all(*id, req, 4);
+    let second = h.poll();
+    assert_eq!(second.len(), 2, "one answer, one more request");
+    // Both time out: the endpoint is congested.
+    for (id, _) in &second {
+        let e = ClientError::new(ClientErrorKind::Timeout, "no answer within 6s");
+        h.engine.on_response(*id, Err(e), h.now);
+    }
+    assert_eq!(h.engine.concurrency.limit(), 1, "halved once, from 2 to 1");
+    assert_eq!(
+        h.engine
+            .telemetry
+            .stats
+            .possible_duplicates
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1_000,
+        "the 1,000 records of two timed-out requests may be stored twice"
+    );
+    // The next request waits longer before it is abandoned: twice as long per timeout.
+    h.advance(Duration::from_secs(1));
+    h.engine.poll(h.now, &mut h.actions);
+    let timeouts: Vec<Duration> = h
+        .actions
+        .drain(..)
+        .filter_map(|a| match a {
+            Action::Send { timeout, .. } => Some(timeout),
+            Action::RefreshShardMap => None,
+        })
+        .collect();
+    assert_eq!(timeouts, vec![Duration::from_secs(24)]);
 }

@@ -77,8 +77,10 @@ impl ProducerBuilder {
         rate_limiting: bool;
         /// Most requests in flight at once.
         max_in_flight: usize;
-        /// Timeout of one request.
+        /// Timeout of one request (the shortest, with adaptive concurrency).
         request_timeout: Duration;
+        /// Adapt the in-flight limit and the timeout to the endpoint's latency (default on).
+        adaptive_concurrency: bool;
         /// Most user records held.
         max_buffered_records: usize;
         /// Most bytes held.
@@ -164,6 +166,7 @@ impl ProducerBuilder {
         let metrics = Metrics::new(stream.as_str(), config.metrics_granularity);
         let mut settings = EngineSettings::new(&config, stream.clone(), !summary.auto_distribution);
         settings.on_failure = self.on_failure;
+        settings.max_record_size = max_record_size;
         let engine = Engine::new(settings, map, gauge.clone(), stats.clone(), metrics, now);
         let tx = Driver::spawn(engine, kinesis, runtime, timeout, stream.clone()).map_err(|e| {
             BuildError::Kinesis {

@@ -171,11 +171,12 @@ impl Producer {
         let entry = self.prepare(record, Some(tx))?;
         if !self.inner.gauge.try_acquire(entry.record.size()) {
             let g = &self.inner.gauge;
+            let (withheld_records, withheld_bytes) = g.withheld();
             return Err(AddError::BufferFull {
                 buffered_records: g.records_held(),
                 buffered_bytes: g.bytes_held(),
-                max_records: g.max_records,
-                max_bytes: g.max_bytes,
+                max_records: g.max_records.saturating_sub(withheld_records),
+                max_bytes: g.max_bytes.saturating_sub(withheld_bytes),
                 record: entry.record,
             });
         }
@@ -225,9 +226,7 @@ impl Producer {
     /// A snapshot of the producer's counters.
     pub fn stats(&self) -> Stats {
         let g = &self.inner.gauge;
-        self.inner
-            .stats
-            .snapshot(g.records_free() as u64, g.bytes_free() as u64)
+        self.inner.stats.snapshot(g.room())
     }
 }
 

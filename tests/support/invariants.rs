@@ -222,11 +222,12 @@ pub fn verify(sim: &Simulator, stream: &str, outcomes: &[Outcome]) -> Verdict {
 ///
 /// Two independent counts meet here: the engine's ledger (`records_pending`, `bytes_pending`:
 /// what the engine holds, counted as records enter and leave it) and the buffer's semaphores
-/// (`buffer_records_free`, `buffer_bytes_free`: permits `add` took and the engine gave back).
-/// While the case runs, the ledger must stay within the bound (a lost or double release lets
-/// `add` admit more than the bound) and the semaphores must never show more room than the bound
-/// (a double release). When the case has settled, ledger and semaphores must agree exactly:
-/// pending + free = bound, records and bytes alike.
+/// (`buffer_records_free`, `buffer_bytes_free`: permits `add` took and the engine gave back),
+/// beside the room the engine holds back from `add` while the stream drains slowly
+/// (`buffer_*_withheld`). While the case runs, the ledger must stay within the bound (a lost or
+/// double release lets `add` admit more than the bound) and free + withheld room must never
+/// exceed the bound (a double release). When the case has settled, ledger and semaphores must
+/// agree exactly: pending + free + withheld = bound, records and bytes alike.
 pub struct BoundSampler {
     producer: Producer,
     bound: (u64, u64),
@@ -248,23 +249,28 @@ pub struct Samples {
 pub fn bound_breach(st: &Stats, max_records: u64, max_bytes: u64) -> Option<String> {
     (st.records_pending > max_records
         || st.bytes_pending > max_bytes
-        || st.buffer_records_free > max_records
-        || st.buffer_bytes_free > max_bytes)
+        || st.buffer_records_free + st.buffer_records_withheld > max_records
+        || st.buffer_bytes_free + st.buffer_bytes_withheld > max_bytes)
         .then(|| {
             format!(
-                "ledger {} records / {} bytes pending, semaphores {} / {} free (bound {max_records} / {max_bytes})",
-                st.records_pending, st.bytes_pending, st.buffer_records_free, st.buffer_bytes_free
+                "ledger {} records / {} bytes pending, semaphores {} / {} free, {} / {} withheld (bound {max_records} / {max_bytes})",
+                st.records_pending,
+                st.bytes_pending,
+                st.buffer_records_free,
+                st.buffer_bytes_free,
+                st.buffer_records_withheld,
+                st.buffer_bytes_withheld
             )
         })
 }
 
 /// Asserts that the ledger and the semaphores agree exactly once nothing is in transit (every
-/// accepted record taken in by the engine): pending + free = bound.
+/// accepted record taken in by the engine): pending + free + withheld = bound.
 pub fn assert_bound_agrees(st: &Stats, max_records: u64, max_bytes: u64) {
     assert_eq!(
         (
-            st.records_pending + st.buffer_records_free,
-            st.bytes_pending + st.buffer_bytes_free
+            st.records_pending + st.buffer_records_free + st.buffer_records_withheld,
+            st.bytes_pending + st.buffer_bytes_free + st.buffer_bytes_withheld
         ),
         (max_records, max_bytes),
         "the engine's ledger and the buffer's semaphores disagree: {st:?}"
