@@ -7,7 +7,7 @@
 //! injects faults on demand. Use it in tests and benchmarks, or run the `kinesis-sim` binary.
 //!
 //! ```text
-//! SDK ──HTTP──▶ server (hyper, HTTP/1.1 + h2c) ──▶ protocol (parse, validate, fault gate)
+//! SDK ──HTTP──▶ server (hyper, HTTP/1.1 + h2c) ──▶ api (parse, validate, fault gate)
 //!                                                      │
 //!                                   per-stream Mutex ──▶ state (shards, token buckets, records)
 //! ```
@@ -56,10 +56,10 @@
 
 #![warn(missing_docs)]
 
+mod api;
 pub mod config;
 pub mod emulators;
 pub mod hash;
-mod protocol;
 mod server;
 mod state;
 

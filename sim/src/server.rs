@@ -11,8 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::api::{handle, ApiError, Reply};
 use crate::config::{Faults, SimConfig, StreamOptions};
-use crate::protocol::{handle, ApiError, Reply};
 use crate::state::{Registry, ShardSnapshot, SimError, StoredRecord, StreamCounters};
 
 /// The `X-Amz-Target` prefix of every Kinesis action.
@@ -52,12 +52,7 @@ async fn serve(
     reg: Arc<Registry>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, DropConnection> {
-    let unreachable = reg
-        .unreachable_until
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_some_and(|u| Instant::now() < u);
-    if unreachable {
+    if reg.unreachable() {
         return Err(DropConnection);
     }
     let action = req

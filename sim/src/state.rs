@@ -568,6 +568,14 @@ impl Registry {
         }
     }
 
+    /// True while the whole endpoint is made unreachable.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable_until
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|u| Instant::now() < u)
+    }
+
     pub fn arn(&self, name: &str) -> String {
         format!(
             "arn:aws:kinesis:{}:{}:stream/{}",

@@ -1,0 +1,309 @@
+//! Shards: ListShards (paging with an opaque `NextToken`, `ExclusiveStartShardId`,
+//! `ShardFilter`) and resharding (UpdateShardCount, SplitShard, MergeShards), plus the JSON
+//! shape of one shard that DescribeStream shares.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::validate::{self, Checks, Rule, HASH_KEY_PATTERN};
+use super::{epoch_time, ok, parse, resolve, ApiError, Reply, Res, Staged, Step, StreamRef, B64};
+use crate::hash::parse_explicit_hash_key;
+use crate::state::{parse_shard_id, sequence_number, shard_id, Registry, Shard, Stream};
+
+/// One shard as ListShards and DescribeStream show it.
+pub(super) fn shard_json(s: &Shard) -> Value {
+    let mut v = json!({
+        "ShardId": shard_id(s.index),
+        "HashKeyRange": {
+            "StartingHashKey": s.start.to_string(),
+            "EndingHashKey": s.end.to_string(),
+        },
+        "SequenceNumberRange": {"StartingSequenceNumber": sequence_number(s.starting_seq)},
+    });
+    if let Some(p) = s.parent {
+        v["ParentShardId"] = json!(shard_id(p));
+    }
+    if let Some(p) = s.adjacent_parent {
+        v["AdjacentParentShardId"] = json!(shard_id(p));
+    }
+    if let Some(e) = s.ending_seq {
+        v["SequenceNumberRange"]["EndingSequenceNumber"] = json!(sequence_number(e));
+    }
+    v
+}
+
+// ---------------------------------------------------------------------------------------
+// ListShards
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListShardsIn {
+    #[serde(flatten)]
+    stream: StreamRef,
+    next_token: Option<String>,
+    exclusive_start_shard_id: Option<String>,
+    max_results: Option<i64>,
+    shard_filter: Option<ShardFilterIn>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ShardFilterIn {
+    r#type: Option<String>,
+    shard_id: Option<String>,
+    timestamp: Option<f64>,
+}
+
+/// The continuation state carried in a ListShards NextToken.
+#[derive(Deserialize, Serialize)]
+struct ListToken {
+    stream: String,
+    after: u32,
+    filter: Option<ShardFilterIn>,
+}
+
+const FILTER_TYPES: &[&str] = &[
+    "AFTER_SHARD_ID",
+    "AT_TRIM_HORIZON",
+    "FROM_TRIM_HORIZON",
+    "AT_LATEST",
+    "AT_TIMESTAMP",
+    "FROM_TIMESTAMP",
+];
+
+fn shard_matches(s: &Shard, f: &ShardFilterIn) -> Result<bool, Reply> {
+    let ts = |f: &ShardFilterIn| {
+        f.timestamp
+            .ok_or_else(|| -> Reply {
+                ApiError::invalid("Timestamp must be specified for this ShardFilter type").into()
+            })
+            .and_then(epoch_time)
+    };
+    let ty = f.r#type.as_deref().unwrap_or("");
+    Ok(match ty {
+        "AT_LATEST" => s.is_open(),
+        "AT_TRIM_HORIZON" => s.parent.is_none(),
+        "FROM_TRIM_HORIZON" => true,
+        "AFTER_SHARD_ID" => {
+            let id = f
+                .shard_id
+                .as_deref()
+                .and_then(parse_shard_id)
+                .ok_or_else(|| -> Reply {
+                    ApiError::invalid("ShardId must be specified for AFTER_SHARD_ID").into()
+                })?;
+            s.index > id
+        }
+        "AT_TIMESTAMP" => {
+            let t = ts(f)?;
+            s.created <= t && s.closed.is_none_or(|c| c > t)
+        }
+        "FROM_TIMESTAMP" => {
+            let t = ts(f)?;
+            s.closed.is_none_or(|c| c > t)
+        }
+        other => {
+            return Err(validate::fail(
+                Some(&other),
+                &"shardFilter.type",
+                Rule::OneOf(FILTER_TYPES),
+            )
+            .into())
+        }
+    })
+}
+
+pub(super) fn list_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
+    let req: ListShardsIn = parse(body)?;
+    let max = validate::int_or(req.max_results, 1000, &"maxResults", 1, 10_000)? as usize;
+    let (stream, after, filter) = if let Some(token) = &req.next_token {
+        if req.stream.stream_name.is_some() || req.stream.stream_arn.is_some() {
+            return Err(
+                ApiError::invalid("NextToken and StreamName cannot be provided together.").into(),
+            );
+        }
+        if req.exclusive_start_shard_id.is_some() {
+            return Err(ApiError::invalid(
+                "NextToken and ExclusiveStartShardId cannot be provided together.",
+            )
+            .into());
+        }
+        let t: ListToken = B64
+            .decode(token.as_bytes())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| -> Reply { ApiError::invalid("Invalid NextToken.").into() })?;
+        let stream = resolve(reg, Some(&t.stream), None)?;
+        (stream, Some(t.after), t.filter)
+    } else {
+        if req.stream.stream_name.is_none() && req.stream.stream_arn.is_none() {
+            return Err(
+                ApiError::invalid("Either NextToken or StreamName should be provided.").into(),
+            );
+        }
+        let stream = req.stream.resolve(reg)?;
+        let after = match &req.exclusive_start_shard_id {
+            None => None,
+            Some(id) => Some(parse_shard_id(id).ok_or_else(|| -> Reply {
+                ApiError::invalid(format!("Invalid ExclusiveStartShardId {id}")).into()
+            })?),
+        };
+        (stream, after, req.shard_filter)
+    };
+    let s = stream.clone();
+    Ok(Staged::on(&stream, move || {
+        let (shards, more, last) = {
+            let st = s.lock();
+            let mut out = Vec::new();
+            let mut more = false;
+            let mut last = 0;
+            for sh in &st.shards {
+                if after.is_some_and(|a| sh.index <= a) {
+                    continue;
+                }
+                if let Some(f) = &filter {
+                    if !shard_matches(sh, f)? {
+                        continue;
+                    }
+                }
+                if out.len() == max {
+                    more = true;
+                    break;
+                }
+                last = sh.index;
+                out.push(shard_json(sh));
+            }
+            (out, more, last)
+        };
+        let mut v = json!({"Shards": shards});
+        if more {
+            let token = ListToken {
+                stream: s.name.clone(),
+                after: last,
+                filter,
+            };
+            v["NextToken"] = json!(B64.encode(serde_json::to_vec(&token).expect("json")));
+        }
+        ok(&v)
+    }))
+}
+
+// ---------------------------------------------------------------------------------------
+// Resharding
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateShardCountIn {
+    #[serde(flatten)]
+    stream: StreamRef,
+    target_shard_count: Option<i64>,
+    scaling_type: Option<String>,
+}
+
+pub(super) fn update_shard_count<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
+    let req: UpdateShardCountIn = parse(body)?;
+    let target = validate::required(req.target_shard_count, &"targetShardCount")?;
+    let target = validate::int_in(target, &"targetShardCount", 1, 10_000)?;
+    validate::one_of(
+        req.scaling_type.as_deref(),
+        &"scalingType",
+        &["UNIFORM_SCALING"],
+    )?;
+    let stream = req.stream.resolve(reg)?;
+    let s = stream.clone();
+    Ok(Staged::on(&stream, move || {
+        let current = {
+            let mut st = s.lock();
+            let current = st.open_count();
+            st.reshard_uniform(target as u32);
+            current
+        };
+        ok(&json!({
+            "StreamName": s.name,
+            "StreamARN": s.arn,
+            "CurrentShardCount": current,
+            "TargetShardCount": target,
+        }))
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct SplitShardIn {
+    #[serde(flatten)]
+    stream: StreamRef,
+    shard_to_split: Option<String>,
+    new_starting_hash_key: Option<String>,
+}
+
+/// A shard-id member that must name a shard of `stream`.
+fn shard_arg(stream: &Stream, reg: &Registry, id: Option<&str>, field: &str) -> Result<u32, Reply> {
+    let id = validate::required(id, &field)?;
+    parse_shard_id(id)
+        .filter(|&i| stream.lock().shard(i).is_some())
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Could not find shard {id} in stream {} under account {}.",
+                stream.name, reg.cfg.account_id
+            ))
+            .into()
+        })
+}
+
+/// The reply of SplitShard and MergeShards.
+fn empty_or_invalid(r: Result<(), String>) -> Res {
+    match r {
+        Ok(()) => ok(&json!({})),
+        Err(m) => Err(ApiError::invalid(m).into()),
+    }
+}
+
+pub(super) fn split_shard<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
+    let req: SplitShardIn = parse(body)?;
+    let key_s = validate::required(req.new_starting_hash_key.as_deref(), &"newStartingHashKey")?;
+    let key = parse_explicit_hash_key(key_s).map_err(|_| {
+        validate::fail(
+            Some(&key_s),
+            &"newStartingHashKey",
+            Rule::Pattern(HASH_KEY_PATTERN),
+        )
+    })?;
+    let stream = req.stream.resolve(reg)?;
+    let index = shard_arg(&stream, reg, req.shard_to_split.as_deref(), "shardToSplit")?;
+    let s = stream.clone();
+    Ok(Staged::on(&stream, move || {
+        empty_or_invalid(s.lock().split(index, key))
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct MergeShardsIn {
+    #[serde(flatten)]
+    stream: StreamRef,
+    shard_to_merge: Option<String>,
+    adjacent_shard_to_merge: Option<String>,
+}
+
+pub(super) fn merge_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
+    let req: MergeShardsIn = parse(body)?;
+    let mut checks = Checks::default();
+    checks.present(&req.shard_to_merge, &"shardToMerge");
+    checks.present(&req.adjacent_shard_to_merge, &"adjacentShardToMerge");
+    checks.done()?;
+    let stream = req.stream.resolve(reg)?;
+    let a = shard_arg(&stream, reg, req.shard_to_merge.as_deref(), "shardToMerge")?;
+    let b = shard_arg(
+        &stream,
+        reg,
+        req.adjacent_shard_to_merge.as_deref(),
+        "adjacentShardToMerge",
+    )?;
+    let s = stream.clone();
+    Ok(Staged::on(&stream, move || {
+        empty_or_invalid(s.lock().merge(a, b))
+    }))
+}
