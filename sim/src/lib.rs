@@ -63,9 +63,12 @@ pub mod hash;
 mod server;
 mod state;
 
-pub use config::{Faults, RateLimits, SimConfig, StreamOptions};
+pub use config::{
+    Faults, RateLimits, RecordDistribution, SimConfig, StreamMode, StreamOptions, StreamSettings,
+    Transitions,
+};
 pub use server::{Simulator, TARGET_PREFIX};
 pub use state::{
     parse_sequence_number, sequence_number, shard_id, ShardCounters, ShardSnapshot, SimError,
-    StoredRecord, StreamCounters,
+    StoredRecord, StreamCounters, StreamStatus,
 };

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
@@ -12,8 +12,14 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::api::{handle, ApiError, Reply};
-use crate::config::{Faults, SimConfig, StreamOptions};
-use crate::state::{Registry, ShardSnapshot, SimError, StoredRecord, StreamCounters};
+use crate::config::{
+    Faults, RecordDistribution, SimConfig, StreamMode, StreamOptions, StreamSettings,
+};
+
+use crate::state::{
+    check_record_size_kib, check_settings, Registry, ShardSnapshot, SimError, StoredRecord,
+    StreamCounters, StreamStatus,
+};
 
 /// The `X-Amz-Target` prefix of every Kinesis action.
 pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
@@ -134,13 +140,13 @@ impl Simulator {
 
     /// Creates an ACTIVE stream with explicit options (record size, per-shard limits).
     pub fn create_stream_with(&self, name: &str, opts: StreamOptions) -> Result<(), SimError> {
-        self.reg.create(name, &opts).map(|_| ())
+        self.reg.create(name, &opts, Duration::ZERO).map(|_| ())
     }
 
     /// Deletes a stream and everything stored in it.
     pub fn delete_stream(&self, name: &str) -> Result<(), SimError> {
         self.reg
-            .delete(name)
+            .delete(name, Duration::ZERO)
             .map(|_| ())
             .ok_or_else(|| SimError::StreamNotFound(name.to_string()))
     }
@@ -154,6 +160,51 @@ impl Simulator {
         self.reg
             .get(name)
             .ok_or_else(|| SimError::StreamNotFound(name.to_string()))
+    }
+
+    /// The stream's current settings (capacity mode, record distribution, record size).
+    pub fn stream_settings(&self, stream: &str) -> Result<StreamSettings, SimError> {
+        Ok(self.stream(stream)?.settings())
+    }
+
+    /// The stream's current status (`ACTIVE` unless [`SimConfig::transitions`] are set).
+    pub fn stream_status(&self, stream: &str) -> Result<StreamStatus, SimError> {
+        Ok(self.stream(stream)?.status())
+    }
+
+    /// Switches the capacity mode now (UpdateStreamMode without the `UPDATING` time).
+    /// Switching to `PROVISIONED` while the distribution is `AUTO` is refused.
+    pub fn set_stream_mode(&self, stream: &str, mode: StreamMode) -> Result<(), SimError> {
+        self.change_settings(stream, |s| s.mode = mode)
+    }
+
+    /// Switches the record distribution now (UpdateStreamRecordDistributionStrategy);
+    /// `AUTO` needs an `ON_DEMAND` stream.
+    pub fn set_record_distribution(
+        &self,
+        stream: &str,
+        distribution: RecordDistribution,
+    ) -> Result<(), SimError> {
+        self.change_settings(stream, |s| s.distribution = distribution)
+    }
+
+    /// Sets the stream's largest record, 1024..=10240 KiB, now (UpdateMaxRecordSize).
+    pub fn set_max_record_size_kib(&self, stream: &str, kib: u32) -> Result<(), SimError> {
+        check_record_size_kib(kib).map_err(SimError::InvalidArgument)?;
+        self.change_settings(stream, |s| s.max_record_size_kib = kib)
+    }
+
+    fn change_settings(
+        &self,
+        stream: &str,
+        change: impl FnOnce(&mut StreamSettings),
+    ) -> Result<(), SimError> {
+        self.stream(stream)?
+            .update_settings(|s| {
+                change(s);
+                check_settings(s)
+            })
+            .map_err(SimError::InvalidArgument)
     }
 
     /// Replaces the stream's fault injection; takes effect for the next request. A

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use crate::state::{AtomicCounters, Registry, Stream};
+use crate::state::{AtomicCounters, Registry, Stream, StreamStatus};
 pub(crate) use error::{ApiError, Reply};
 use validate::Rule;
 
@@ -84,6 +84,12 @@ const ACTIONS: &[(&str, Action)] = &[
     ("UpdateShardCount", shards::update_shard_count),
     ("SplitShard", shards::split_shard),
     ("MergeShards", shards::merge_shards),
+    ("UpdateStreamMode", streams::update_stream_mode),
+    ("UpdateMaxRecordSize", streams::update_max_record_size),
+    (
+        "UpdateStreamRecordDistributionStrategy",
+        streams::update_stream_record_distribution_strategy,
+    ),
 ];
 
 /// Dispatches one request by action name (the part after `Kinesis_20131202.`).
@@ -158,10 +164,16 @@ fn resolve(reg: &Registry, name: Option<&str>, arn: Option<&str>) -> Result<Arc<
             return Err(validate::fail(Some(&""), &"streamName", Rule::LengthAtLeast(1)).into())
         }
         (Some(n), _) => n,
-        (None, Some(arn)) => match arn.split_once(":stream/") {
-            Some((_, n)) if reg.arn(n) == arn => n,
-            _ => return Err(ApiError::not_found(format!("Stream arn {arn} not found.")).into()),
-        },
+        (None, Some(arn)) => {
+            if !validate::is_stream_arn(arn) {
+                let rule = Rule::Pattern(validate::STREAM_ARN_PATTERN);
+                return Err(validate::fail(Some(&arn), &"streamARN", rule).into());
+            }
+            match arn.split_once(":stream/") {
+                Some((_, n)) if reg.arn(n) == arn => n,
+                _ => return Err(ApiError::not_found(format!("Stream arn {arn} not found.")).into()),
+            }
+        }
         (None, None) => return Err(validate::fail(None, &"streamName", Rule::NotNull).into()),
     };
     reg.get(name).ok_or_else(|| {
@@ -171,6 +183,34 @@ fn resolve(reg: &Registry, name: Option<&str>, arn: Option<&str>) -> Result<Arc<
         ))
         .into()
     })
+}
+
+/// The stream of an action that takes only a `StreamARN`.
+fn resolve_arn(reg: &Registry, arn: Option<&str>) -> Result<Arc<Stream>, Reply> {
+    let arn = validate::required(arn, &"streamARN")?;
+    resolve(reg, None, Some(arn))
+}
+
+/// `ResourceInUseException` for a stream that is not `ACTIVE`.
+fn not_active(reg: &Registry, s: &Stream, status: StreamStatus) -> Reply {
+    ApiError::in_use(format!(
+        "Stream {} under account {} not ACTIVE, instead in state {}",
+        s.name,
+        reg.cfg.account_id,
+        status.as_str()
+    ))
+    .into()
+}
+
+/// Starts an update (reshard, mode change) of an `ACTIVE` stream: `UPDATING` for the
+/// configured time, then `apply`; `ResourceInUseException` otherwise.
+fn update(
+    reg: &Registry,
+    s: &Arc<Stream>,
+    apply: impl FnOnce(&Stream) + Send + 'static,
+) -> Result<(), Reply> {
+    s.update_after(reg.cfg.transitions.updating, apply)
+        .map_err(|status| not_active(reg, s, status))
 }
 
 // ---------------------------------------------------------------------------------------

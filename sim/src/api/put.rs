@@ -15,10 +15,15 @@ use serde_json::json;
 
 use super::validate::{self, MemberPath, Rule, HASH_KEY_PATTERN};
 use super::{ok, parse, resolve, ApiError, Staged, Step, B64};
+use crate::config::RecordDistribution;
 use crate::hash::{parse_explicit_hash_key, partition_key_hash, HashKeyError};
-use crate::state::{sequence_number, shard_id, PutEntry, PutResult, Registry, Stream};
+use crate::state::{
+    sequence_number, shard_id, PutEntry, PutResult, Registry, Stream, StreamStatus,
+};
 
-const API_MAX_RECORD_BYTES: usize = 1_048_576;
+/// Largest record the API model allows on any stream (10 MiB); each stream's own
+/// `MaxRecordSizeInKiB` is checked once the stream is known.
+const MODEL_MAX_RECORD_BYTES: usize = 10 * 1_048_576;
 const MAX_PUT_RECORDS: usize = 500;
 const MAX_PARTITION_KEY_CHARS: usize = 256;
 
@@ -64,73 +69,140 @@ struct PutRecordsEntryOut {
     error_message: Option<String>,
 }
 
-/// Validates and decodes one record; `index` is its 0-based position in PutRecords (`None`
-/// for PutRecord), used only to build the member path of an error message.
-fn decode_record(
-    reg: &Registry,
-    r: RecordIn,
+/// One record after the model's checks, before its stream's.
+struct Decoded {
     index: Option<usize>,
-) -> Result<(PutEntry, usize), ApiError> {
-    let at = |field| MemberPath { index, field };
-    let data = validate::required(r.data, &at("data"))?;
-    let data = B64.decode(data.as_bytes()).map_err(|e| {
-        ApiError::serialization(format!("'{data}' can not be converted to a Blob: {e}"))
-    })?;
-    let api_max = API_MAX_RECORD_BYTES.max(reg.cfg.max_record_size_kib as usize * 1024);
-    if data.len() > api_max {
-        let n = data.len();
-        let shown = format!("java.nio.HeapByteBuffer[pos=0 lim={n} cap={n}]");
-        return Err(validate::fail(
-            Some(&shown),
-            &at("data"),
-            Rule::LengthAtMost(api_max),
-        ));
-    }
-    let pk = validate::required(r.partition_key, &at("partitionKey"))?;
-    let chars = if pk.is_ascii() {
-        pk.len()
-    } else {
-        pk.chars().count()
-    };
-    validate::length_in(&pk, chars, &at("partitionKey"), 1, MAX_PARTITION_KEY_CHARS)?;
-    let hash = match &r.explicit_hash_key {
-        None => partition_key_hash(&pk),
-        Some(k) => match parse_explicit_hash_key(k) {
-            Ok(h) => h,
-            Err(HashKeyError::NotANumber) => {
-                return Err(validate::fail(
-                    Some(k),
-                    &at("explicitHashKey"),
-                    Rule::Pattern(HASH_KEY_PATTERN),
-                ))
-            }
-            Err(HashKeyError::OutOfRange) => return Err(ApiError::invalid(format!(
-                "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {k}"
-            ))),
-        },
-    };
-    let size = data.len() + pk.len();
-    Ok((
-        PutEntry {
-            hash,
-            partition_key: pk,
-            explicit_hash_key: r.explicit_hash_key,
-            data,
-            fail: false,
-        },
-        size,
-    ))
+    data: Vec<u8>,
+    partition_key: Option<String>,
+    explicit_hash_key: Option<String>,
+    /// The ExplicitHashKey's value or its range error, which AWS reports only once the
+    /// stream is known.
+    hash_key: Option<Result<u128, ApiError>>,
 }
 
-fn check_record_size(stream: &Stream, e: &PutEntry) -> Result<(), ApiError> {
-    let max = stream.max_record_size_kib as usize * 1024;
-    if e.data.len() > max {
-        return Err(ApiError::invalid(format!(
-            "Record data size {} exceeds the stream's max record size of {max} bytes",
-            e.data.len()
-        )));
+fn member(index: Option<usize>, field: &'static str) -> MemberPath {
+    MemberPath { index, field }
+}
+
+/// The model's length error for a blob, shown the way AWS (Java) shows a ByteBuffer.
+fn data_too_long(len: usize, index: Option<usize>, max: usize) -> ApiError {
+    let shown = format!("java.nio.HeapByteBuffer[pos=0 lim={len} cap={len}]");
+    validate::fail(
+        Some(&shown),
+        &member(index, "data"),
+        Rule::LengthAtMost(max),
+    )
+}
+
+/// Decodes base64 as AWS does, with its message for a length that is no multiple of 4.
+fn decode_blob(b64: &str) -> Result<Vec<u8>, ApiError> {
+    let why = if !b64.len().is_multiple_of(4) {
+        format!(
+            "Base64 encoded length is expected a multiple of 4 bytes but found: {}",
+            b64.len()
+        )
+    } else {
+        match B64.decode(b64.as_bytes()) {
+            Ok(d) => return Ok(d),
+            Err(e) => e.to_string(),
+        }
+    };
+    Err(ApiError::serialization(format!(
+        "'{b64}' can not be converted to a Blob: {why}"
+    )))
+}
+
+/// Checks one record against the API model; `index` is its 0-based position in
+/// PutRecords (`None` for PutRecord), used only in the member path of a message.
+fn decode_record(r: RecordIn, index: Option<usize>) -> Result<Decoded, ApiError> {
+    let data = decode_blob(&validate::required(r.data, &member(index, "data"))?)?;
+    if data.len() > MODEL_MAX_RECORD_BYTES {
+        return Err(data_too_long(data.len(), index, MODEL_MAX_RECORD_BYTES));
     }
-    Ok(())
+    if let Some(pk) = &r.partition_key {
+        let chars = if pk.is_ascii() {
+            pk.len()
+        } else {
+            pk.chars().count()
+        };
+        let at = member(index, "partitionKey");
+        validate::length_in(pk, chars, &at, 1, MAX_PARTITION_KEY_CHARS)?;
+    }
+    let hash_key = match &r.explicit_hash_key {
+        None => None,
+        Some(k) => Some(match parse_explicit_hash_key(k) {
+            Ok(h) => Ok(h),
+            Err(HashKeyError::NotANumber) => {
+                let at = member(index, "explicitHashKey");
+                return Err(validate::fail(Some(k), &at, Rule::Pattern(HASH_KEY_PATTERN)));
+            }
+            Err(HashKeyError::OutOfRange) => Err(ApiError::invalid(format!(
+                "Invalid ExplicitHashKey. ExplicitHashKey must be in the range: [0, 2^128-1]. Specified value was {k}"
+            ))),
+        }),
+    };
+    Ok(Decoded {
+        index,
+        data,
+        partition_key: r.partition_key,
+        explicit_hash_key: r.explicit_hash_key,
+        hash_key,
+    })
+}
+
+/// A stream takes writes while `ACTIVE` or `UPDATING`; otherwise AWS answers as if it
+/// did not exist.
+fn writable(reg: &Registry, stream: &Stream) -> Result<(), ApiError> {
+    match stream.status() {
+        StreamStatus::Active | StreamStatus::Updating => Ok(()),
+        _ => Err(ApiError::not_found(format!(
+            "Stream {} under account {} not found.",
+            stream.name, reg.cfg.account_id
+        ))),
+    }
+}
+
+/// The stream's checks on decoded records (ExplicitHashKey range errors first, then per
+/// record its partition key and size) and the entries to append with their total size.
+fn admit(stream: &Stream, records: Vec<Decoded>) -> Result<(Vec<PutEntry>, u64), ApiError> {
+    let settings = stream.settings();
+    let auto = settings.distribution == RecordDistribution::Auto;
+    if !auto {
+        let range_error = records
+            .iter()
+            .find_map(|d| d.hash_key.as_ref()?.as_ref().err());
+        if let Some(e) = range_error {
+            return Err(e.clone());
+        }
+    }
+    let max = settings.max_record_size_kib as usize * 1024;
+    let mut total = 0u64;
+    let mut entries = Vec::with_capacity(records.len());
+    for d in records {
+        let (partition_key, hash) = if auto {
+            (d.partition_key.unwrap_or_default(), None)
+        } else {
+            let at = member(d.index, "partitionKey");
+            let pk = validate::required(d.partition_key, &at)?;
+            let hash = match d.hash_key {
+                Some(h) => h?,
+                None => partition_key_hash(&pk),
+            };
+            (pk, Some(hash))
+        };
+        if d.data.len() > max {
+            return Err(data_too_long(d.data.len(), d.index, max));
+        }
+        total += (d.data.len() + partition_key.len()) as u64;
+        entries.push(PutEntry {
+            hash,
+            partition_key,
+            explicit_hash_key: d.explicit_hash_key,
+            data: d.data,
+            fail: false,
+        });
+    }
+    Ok((entries, total))
 }
 
 fn throttle_message(reg: &Registry, stream: &Stream, shard: u32) -> String {
@@ -159,29 +231,14 @@ pub(super) fn put_records<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
     let shown = format!("[{} records]", records.len());
     let shown: &dyn std::fmt::Display = if records.is_empty() { &"[]" } else { &shown };
     validate::length_in(shown, records.len(), &"records", 1, MAX_PUT_RECORDS)?;
-    let mut entries = Vec::with_capacity(records.len());
-    let mut total = 0u64;
-    let mut deferred: Option<ApiError> = None;
-    for (i, r) in records.into_iter().enumerate() {
-        match decode_record(reg, r, Some(i)) {
-            Ok((e, size)) => {
-                total += size as u64;
-                entries.push(e);
-            }
-            // Range errors of ExplicitHashKey come after the stream check, like AWS.
-            Err(e) if e.kind == "InvalidArgumentException" => {
-                deferred.get_or_insert(e);
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let decoded = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| decode_record(r, Some(i)))
+        .collect::<Result<Vec<_>, _>>()?;
     let stream = resolve(reg, req.stream_name.as_deref(), req.stream_arn.as_deref())?;
-    if let Some(e) = deferred {
-        return Err(e.into());
-    }
-    for e in &entries {
-        check_record_size(&stream, e)?;
-    }
+    writable(reg, &stream)?;
+    let (mut entries, total) = admit(&stream, decoded)?;
     if total > reg.cfg.request_limit_bytes {
         return Err(ApiError::invalid(format!(
             "Records size exceeds {} MB limit",
@@ -237,22 +294,13 @@ pub(super) fn put_records<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
 pub(super) fn put_record<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
     let req: RecordIn = parse(body)?;
     let (name, arn) = (req.stream_name.clone(), req.stream_arn.clone());
-    let (entry, size) = match decode_record(reg, req, None) {
-        Ok(x) => x,
-        Err(e) if e.kind == "InvalidArgumentException" => {
-            resolve(reg, name.as_deref(), arn.as_deref())?;
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let decoded = decode_record(req, None)?;
     let stream = resolve(reg, name.as_deref(), arn.as_deref())?;
-    check_record_size(&stream, &entry)?;
-    if size as u64 > reg.cfg.request_limit_bytes {
-        return Err(ApiError::invalid("Record size exceeds the request limit").into());
-    }
+    writable(reg, &stream)?;
+    let (entries, _) = admit(&stream, vec![decoded])?;
     let s = stream.clone();
     Ok(Staged::write(&stream, move || {
-        let mut entries = vec![entry];
+        let mut entries = entries;
         inject_failures(&s, &mut entries);
         let result = s.lock().put(entries, Instant::now());
         match result[0] {

@@ -14,7 +14,9 @@ use super::validate::{self};
 use super::{
     epoch_secs, epoch_time, ok, parse, resolve, ApiError, Reply, Staged, Step, StreamRef, B64,
 };
-use crate::state::{parse_sequence_number, parse_shard_id, sequence_number, shard_id, Registry};
+use crate::state::{
+    parse_sequence_number, parse_shard_id, sequence_number, shard_id, Registry, StreamStatus,
+};
 
 /// Most data bytes one GetRecords call returns.
 const MAX_GET_BYTES: usize = 10 * 1_048_576;
@@ -79,7 +81,11 @@ pub(super) fn get_shard_iterator<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> 
     Ok(Staged::on(&stream, move || {
         let pos = {
             let st = s.lock();
-            let shard = st.shard(index).ok_or_else(not_found)?;
+            let creating = s.status() == StreamStatus::Creating;
+            let shard = st
+                .shard(index)
+                .filter(|_| !creating)
+                .ok_or_else(not_found)?;
             let recs = &shard.records;
             match ty.as_str() {
                 "TRIM_HORIZON" => 0,

@@ -9,9 +9,33 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::validate::{self, Checks, Rule, HASH_KEY_PATTERN};
-use super::{epoch_time, ok, parse, resolve, ApiError, Reply, Res, Staged, Step, StreamRef, B64};
+use super::{
+    epoch_time, ok, parse, resolve, update, ApiError, Reply, Staged, Step, StreamRef, B64,
+};
+use crate::config::StreamMode;
 use crate::hash::parse_explicit_hash_key;
-use crate::state::{parse_shard_id, sequence_number, shard_id, Registry, Shard, Stream};
+use crate::state::{
+    parse_shard_id, sequence_number, shard_id, Registry, Shard, Stream, StreamState, StreamStatus,
+};
+
+/// Most shards one ListShards call returns, whatever `MaxResults` says.
+const LIST_PAGE: usize = 1000;
+
+/// Index of the first shard whose id sorts after `exclusive_start` (ids compare as
+/// strings, as AWS compares them; zero-padding makes that index order). Binary search.
+pub(super) fn shards_after(st: &StreamState, exclusive_start: Option<&str>) -> usize {
+    let Some(ex) = exclusive_start else { return 0 };
+    let (mut lo, mut hi) = (0, st.shards.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if shard_id(mid as u32).as_str() <= ex {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
+}
 
 /// One shard as ListShards and DescribeStream show it.
 pub(super) fn shard_json(s: &Shard) -> Value {
@@ -119,6 +143,7 @@ fn shard_matches(s: &Shard, f: &ShardFilterIn) -> Result<bool, Reply> {
 pub(super) fn list_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
     let req: ListShardsIn = parse(body)?;
     let max = validate::int_or(req.max_results, 1000, &"maxResults", 1, 10_000)? as usize;
+    let page = max.min(LIST_PAGE);
     let (stream, after, filter) = if let Some(token) = &req.next_token {
         if req.stream.stream_name.is_some() || req.stream.stream_arn.is_some() {
             return Err(
@@ -145,31 +170,32 @@ pub(super) fn list_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
             );
         }
         let stream = req.stream.resolve(reg)?;
-        let after = match &req.exclusive_start_shard_id {
-            None => None,
-            Some(id) => Some(parse_shard_id(id).ok_or_else(|| -> Reply {
-                ApiError::invalid(format!("Invalid ExclusiveStartShardId {id}")).into()
-            })?),
-        };
-        (stream, after, req.shard_filter)
+        (stream, None, req.shard_filter)
     };
+    let exclusive_start = req.exclusive_start_shard_id;
     let s = stream.clone();
     Ok(Staged::on(&stream, move || {
         let (shards, more, last) = {
             let st = s.lock();
+            let start = match after {
+                Some(a) => (a as usize + 1).min(st.shards.len()),
+                None => shards_after(&st, exclusive_start.as_deref()),
+            };
+            let visible = if s.status() == StreamStatus::Creating {
+                &[][..]
+            } else {
+                &st.shards[start..]
+            };
             let mut out = Vec::new();
             let mut more = false;
             let mut last = 0;
-            for sh in &st.shards {
-                if after.is_some_and(|a| sh.index <= a) {
-                    continue;
-                }
+            for sh in visible {
                 if let Some(f) = &filter {
                     if !shard_matches(sh, f)? {
                         continue;
                     }
                 }
-                if out.len() == max {
+                if out.len() == page {
                     more = true;
                     break;
                 }
@@ -212,15 +238,11 @@ pub(super) fn update_shard_count<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> 
         &"scalingType",
         &["UNIFORM_SCALING"],
     )?;
-    let stream = req.stream.resolve(reg)?;
+    let stream = provisioned(reg, req.stream.resolve(reg)?)?;
     let s = stream.clone();
     Ok(Staged::on(&stream, move || {
-        let current = {
-            let mut st = s.lock();
-            let current = st.open_count();
-            st.reshard_uniform(target as u32);
-            current
-        };
+        let current = s.lock().open_count();
+        update(reg, &s, move |s| s.lock().reshard_uniform(target as u32))?;
         ok(&json!({
             "StreamName": s.name,
             "StreamARN": s.arn,
@@ -253,12 +275,21 @@ fn shard_arg(stream: &Stream, reg: &Registry, id: Option<&str>, field: &str) -> 
         })
 }
 
-/// The reply of SplitShard and MergeShards.
-fn empty_or_invalid(r: Result<(), String>) -> Res {
-    match r {
-        Ok(()) => ok(&json!({})),
-        Err(m) => Err(ApiError::invalid(m).into()),
+/// The stream, if it is provisioned: resharding on-demand streams is the service's job
+/// (in the simulator, [`crate::Simulator::reshard`]'s).
+fn provisioned(reg: &Registry, s: Arc<Stream>) -> Result<Arc<Stream>, Reply> {
+    if s.settings().mode == StreamMode::Provisioned {
+        return Ok(s);
     }
+    Err(ApiError::new(
+        400,
+        "ValidationException",
+        format!(
+            "Stream {} under account {} is in ON_DEMAND capacity mode; this API is only supported for PROVISIONED streams.",
+            s.name, reg.cfg.account_id
+        ),
+    )
+    .into())
 }
 
 pub(super) fn split_shard<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
@@ -271,11 +302,17 @@ pub(super) fn split_shard<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
             Rule::Pattern(HASH_KEY_PATTERN),
         )
     })?;
-    let stream = req.stream.resolve(reg)?;
+    let stream = provisioned(reg, req.stream.resolve(reg)?)?;
     let index = shard_arg(&stream, reg, req.shard_to_split.as_deref(), "shardToSplit")?;
     let s = stream.clone();
     Ok(Staged::on(&stream, move || {
-        empty_or_invalid(s.lock().split(index, key))
+        s.lock()
+            .check_split(index, key)
+            .map_err(ApiError::invalid)?;
+        update(reg, &s, move |s| {
+            let _ = s.lock().split(index, key);
+        })?;
+        ok(&json!({}))
     }))
 }
 
@@ -294,7 +331,7 @@ pub(super) fn merge_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'
     checks.present(&req.shard_to_merge, &"shardToMerge");
     checks.present(&req.adjacent_shard_to_merge, &"adjacentShardToMerge");
     checks.done()?;
-    let stream = req.stream.resolve(reg)?;
+    let stream = provisioned(reg, req.stream.resolve(reg)?)?;
     let a = shard_arg(&stream, reg, req.shard_to_merge.as_deref(), "shardToMerge")?;
     let b = shard_arg(
         &stream,
@@ -304,6 +341,10 @@ pub(super) fn merge_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'
     )?;
     let s = stream.clone();
     Ok(Staged::on(&stream, move || {
-        empty_or_invalid(s.lock().merge(a, b))
+        s.lock().check_merge(a, b).map_err(ApiError::invalid)?;
+        update(reg, &s, move |s| {
+            let _ = s.lock().merge(a, b);
+        })?;
+        ok(&json!({}))
     }))
 }

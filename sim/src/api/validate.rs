@@ -11,6 +11,26 @@ use super::error::ApiError;
 /// The ExplicitHashKey / NewStartingHashKey pattern of the API model.
 pub(crate) const HASH_KEY_PATTERN: &str = "0|([1-9]\\d{0,38})";
 
+/// The StreamARN pattern of the API model.
+pub(crate) const STREAM_ARN_PATTERN: &str = "arn:aws.*:kinesis:.*:\\d{12}:stream/\\S+";
+
+/// Whether `s` matches [`STREAM_ARN_PATTERN`] (partition `aws*`, service `kinesis`, a
+/// 12-digit account, a non-empty stream name without whitespace).
+pub(crate) fn is_stream_arn(s: &str) -> bool {
+    let parts: Vec<&str> = s.splitn(6, ':').collect();
+    let [arn, partition, service, _region, account, resource] = parts[..] else {
+        return false;
+    };
+    let name = resource.strip_prefix("stream/").unwrap_or("");
+    arn == "arn"
+        && partition.starts_with("aws")
+        && service == "kinesis"
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && !name.is_empty()
+        && !name.chars().any(char::is_whitespace)
+}
+
 /// One rule of the API model.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Rule<'a> {
@@ -193,5 +213,15 @@ mod tests {
             "ValidationException"
         );
         assert_eq!(int_or(None, 5, &"n", 1, 9).unwrap(), 5);
+        assert!(is_stream_arn(
+            "arn:aws:kinesis:us-east-1:123456789012:stream/a/b"
+        ));
+        assert!(!is_stream_arn(
+            "arn:aws:kinesis:us-east-1:12345678901:stream/a"
+        ));
+        assert!(!is_stream_arn(
+            "arn:aws:kinesis:us-east-1:123456789012:stream/"
+        ));
+        assert!(!is_stream_arn("nope"));
     }
 }
