@@ -17,8 +17,8 @@ use crate::config::{
 };
 
 use crate::state::{
-    check_record_size_kib, check_settings, Registry, ShardSnapshot, SimError, StoredRecord,
-    StreamCounters, StreamStatus,
+    check_record_size_kib, check_settings, Registry, ReshardError, ShardSnapshot, SimError,
+    StoredRecord, StreamCounters, StreamStatus,
 };
 
 /// The `X-Amz-Target` prefix of every Kinesis action.
@@ -255,18 +255,20 @@ impl Simulator {
         shard: u32,
         new_starting_hash_key: u128,
     ) -> Result<(), SimError> {
-        self.stream(stream)?
-            .lock()
-            .split(shard, new_starting_hash_key)
-            .map_err(SimError::InvalidArgument)
+        let s = self.stream(stream)?;
+        let r = s.lock().split(shard, new_starting_hash_key);
+        r.map_err(|e| self.reshard_error(&s, e))
     }
 
     /// MergeShards on demand.
     pub fn merge_shards(&self, stream: &str, shard: u32, adjacent: u32) -> Result<(), SimError> {
-        self.stream(stream)?
-            .lock()
-            .merge(shard, adjacent)
-            .map_err(SimError::InvalidArgument)
+        let s = self.stream(stream)?;
+        let r = s.lock().merge(shard, adjacent);
+        r.map_err(|e| self.reshard_error(&s, e))
+    }
+
+    fn reshard_error(&self, s: &crate::state::Stream, e: ReshardError) -> SimError {
+        SimError::InvalidArgument(e.message(&s.name, &self.reg.cfg.account_id))
     }
 
     /// All shards of the stream (closed ones included) in shard-index order; empty if the

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::validate::{self};
+use super::validate::{self, Rule};
 use super::{
     epoch_secs, epoch_time, ok, parse, resolve, ApiError, Reply, Staged, Step, StreamRef, B64,
 };
@@ -25,9 +25,19 @@ const ITERATOR_TYPES: &[&str] = &[
     "AFTER_SEQUENCE_NUMBER",
     "LATEST",
     "AT_TIMESTAMP",
-    "TRIM_HORIZON",
     "AT_SEQUENCE_NUMBER",
+    "TRIM_HORIZON",
 ];
+/// The StartingSequenceNumber pattern of the API model.
+const SEQUENCE_NUMBER_PATTERN: &str = "0|([1-9]\\d{0,128})";
+
+/// Whether `s` matches [`SEQUENCE_NUMBER_PATTERN`].
+fn is_sequence_number(s: &str) -> bool {
+    s == "0"
+        || (matches!(s.as_bytes().first(), Some(b'1'..=b'9'))
+            && s.len() <= 129
+            && s.bytes().all(|b| b.is_ascii_digit()))
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -61,12 +71,18 @@ pub(super) fn get_shard_iterator<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> 
         ITERATOR_TYPES,
     )?
     .to_string();
+    if let Some(seq) = req.starting_sequence_number.as_deref() {
+        if !is_sequence_number(seq) {
+            let rule = Rule::Pattern(SEQUENCE_NUMBER_PATTERN);
+            return Err(validate::fail(Some(&seq), &"startingSequenceNumber", rule).into());
+        }
+    }
     let stream = req.stream.resolve(reg)?;
     let by_seq = ty.ends_with("SEQUENCE_NUMBER");
     if by_seq != req.starting_sequence_number.is_some() {
         return Err(ApiError::invalid(format!(
             "Must either specify (1) AT_SEQUENCE_NUMBER or AFTER_SEQUENCE_NUMBER and StartingSequenceNumber or (2) TRIM_HORIZON or LATEST and no StartingSequenceNumber. Request specified {ty} and {}StartingSequenceNumber.",
-            if by_seq { "no " } else { "also " }
+            if by_seq { "no " } else { "also a " }
         )).into());
     }
     let not_found = {
@@ -92,7 +108,7 @@ pub(super) fn get_shard_iterator<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> 
                 "LATEST" => recs.len(),
                 "AT_TIMESTAMP" => {
                     let t = req.timestamp.ok_or_else(|| -> Reply {
-                        ApiError::invalid("Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP.").into()
+                        ApiError::invalid("Must specify timestampInMillis parameter for iterator of type AT_TIMESTAMP. Current request has no timestamp parameter.").into()
                     })?;
                     let t = epoch_time(t)?;
                     recs.partition_point(|r| r.arrival < t)

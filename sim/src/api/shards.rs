@@ -15,7 +15,8 @@ use super::{
 use crate::config::StreamMode;
 use crate::hash::parse_explicit_hash_key;
 use crate::state::{
-    parse_shard_id, sequence_number, shard_id, Registry, Shard, Stream, StreamState, StreamStatus,
+    parse_shard_id, sequence_number, shard_id, Registry, ReshardError, Shard, Stream, StreamState,
+    StreamStatus,
 };
 
 /// Most shards one ListShards call returns, whatever `MaxResults` says.
@@ -102,7 +103,7 @@ fn shard_matches(s: &Shard, f: &ShardFilterIn) -> Result<bool, Reply> {
     let ts = |f: &ShardFilterIn| {
         f.timestamp
             .ok_or_else(|| -> Reply {
-                ApiError::invalid("Timestamp must be specified for this ShardFilter type").into()
+                ApiError::invalid("Timestamp must be supplied in a ShardFilter with a Type of FROM_TIMESTAMP or AT_TIMESTAMP").into()
             })
             .and_then(epoch_time)
     };
@@ -117,7 +118,10 @@ fn shard_matches(s: &Shard, f: &ShardFilterIn) -> Result<bool, Reply> {
                 .as_deref()
                 .and_then(parse_shard_id)
                 .ok_or_else(|| -> Reply {
-                    ApiError::invalid("ShardId must be specified for AFTER_SHARD_ID").into()
+                    ApiError::invalid(
+                        "ShardId must be supplied in a ShardFilter with a Type of AFTER_SHARD_ID",
+                    )
+                    .into()
                 })?;
             s.index > id
         }
@@ -231,13 +235,10 @@ struct UpdateShardCountIn {
 
 pub(super) fn update_shard_count<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
     let req: UpdateShardCountIn = parse(body)?;
+    let scaling = validate::required(req.scaling_type.as_deref(), &"scalingType")?;
     let target = validate::required(req.target_shard_count, &"targetShardCount")?;
     let target = validate::int_in(target, &"targetShardCount", 1, 10_000)?;
-    validate::one_of(
-        req.scaling_type.as_deref(),
-        &"scalingType",
-        &["UNIFORM_SCALING"],
-    )?;
+    validate::one_of(Some(scaling), &"scalingType", &["UNIFORM_SCALING"])?;
     let stream = provisioned(reg, req.stream.resolve(reg)?)?;
     let s = stream.clone();
     Ok(Staged::on(&stream, move || {
@@ -259,6 +260,11 @@ struct SplitShardIn {
     stream: StreamRef,
     shard_to_split: Option<String>,
     new_starting_hash_key: Option<String>,
+}
+
+/// A split or merge that cannot be done: `InvalidArgumentException` with AWS's message.
+fn reshard_error(reg: &Registry, s: &Stream, e: ReshardError) -> ApiError {
+    ApiError::invalid(e.message(&s.name, &reg.cfg.account_id))
 }
 
 /// A shard-id member that must name a shard of `stream`.
@@ -304,13 +310,30 @@ pub(super) fn split_shard<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
     })?;
     let stream = provisioned(reg, req.stream.resolve(reg)?)?;
     let index = shard_arg(&stream, reg, req.shard_to_split.as_deref(), "shardToSplit")?;
+    stage_reshard(
+        reg,
+        &stream,
+        move |st| st.check_split(index, key),
+        move |st| st.split(index, key),
+    )
+}
+
+/// Stages a split or merge: checked once the gate lets it through, applied when the
+/// stream's `UPDATING` time ends.
+fn stage_reshard<'a, T>(
+    reg: &'a Registry,
+    stream: &Arc<Stream>,
+    check: impl FnOnce(&StreamState) -> Result<T, ReshardError> + Send + 'a,
+    apply: impl FnOnce(&mut StreamState) -> Result<(), ReshardError> + Send + 'static,
+) -> Step<'a> {
     let s = stream.clone();
-    Ok(Staged::on(&stream, move || {
-        s.lock()
-            .check_split(index, key)
-            .map_err(ApiError::invalid)?;
+    Ok(Staged::on(stream, move || {
+        let checked = check(&s.lock());
+        checked.map_err(|e| reshard_error(reg, &s, e))?;
         update(reg, &s, move |s| {
-            let _ = s.lock().split(index, key);
+            // Checked above; a change in between (only the in-process handle can make
+            // one) leaves the stream as it is.
+            let _ = apply(&mut s.lock());
         })?;
         ok(&json!({}))
     }))
@@ -339,12 +362,10 @@ pub(super) fn merge_shards<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'
         req.adjacent_shard_to_merge.as_deref(),
         "adjacentShardToMerge",
     )?;
-    let s = stream.clone();
-    Ok(Staged::on(&stream, move || {
-        s.lock().check_merge(a, b).map_err(ApiError::invalid)?;
-        update(reg, &s, move |s| {
-            let _ = s.lock().merge(a, b);
-        })?;
-        ok(&json!({}))
-    }))
+    stage_reshard(
+        reg,
+        &stream,
+        move |st| st.check_merge(a, b),
+        move |st| st.merge(a, b),
+    )
 }

@@ -18,7 +18,7 @@ use crate::config::{
 };
 pub(crate) use lifecycle::Lifecycle;
 pub use lifecycle::StreamStatus;
-pub(crate) use shards::{PutEntry, PutResult, Shard, StreamState};
+pub(crate) use shards::{PutEntry, PutResult, ReshardError, Shard, StreamState};
 pub use view::{
     parse_sequence_number, parse_shard_id, sequence_number, shard_id, ShardCounters, ShardSnapshot,
     StoredRecord, StreamCounters,

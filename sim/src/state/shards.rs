@@ -112,6 +112,40 @@ pub(crate) enum PutResult {
     Failed,
 }
 
+/// Why a split or merge cannot be done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ReshardError {
+    NoShard(u32),
+    Closed(u32),
+    KeyOutside {
+        shard: u32,
+        key: u128,
+        start: u128,
+        end: u128,
+    },
+    NotAdjacent(u32, u32),
+}
+
+impl ReshardError {
+    /// The message AWS gives, naming the stream and the account.
+    pub fn message(&self, stream: &str, account: &str) -> String {
+        let at = format!("in stream {stream} under account {account}");
+        match self {
+            ReshardError::NoShard(i) => format!("Could not find shard {} {at}.", shard_id(*i)),
+            ReshardError::Closed(i) => format!("Shard {} {at} is not open.", shard_id(*i)),
+            ReshardError::KeyOutside { shard, key, start, end } => format!(
+                "NewStartingHashKey {key} used in SplitShard() on shard {} {at} is not both greater than one plus the shard's StartingHashKey {start} and less than the shard's EndingHashKey {end}.",
+                shard_id(*shard)
+            ),
+            ReshardError::NotAdjacent(a, b) => format!(
+                "Shards {} and {} {at} are not an adjacent pair of shards eligible for merging",
+                shard_id(*a),
+                shard_id(*b)
+            ),
+        }
+    }
+}
+
 /// Mutable state of a stream.
 #[derive(Debug)]
 pub(crate) struct StreamState {
@@ -283,7 +317,7 @@ impl StreamState {
     }
 
     /// SplitShard: the open shard `index` becomes `[start, key-1]` and `[key, end]`.
-    pub fn split(&mut self, index: u32, key: u128) -> Result<(), String> {
+    pub fn split(&mut self, index: u32, key: u128) -> Result<(), ReshardError> {
         let (s, e) = self.check_split(index, key)?;
         let now = SystemTime::now();
         self.close(index, now);
@@ -293,27 +327,33 @@ impl StreamState {
         Ok(())
     }
 
-    /// Whether [`Self::split`] would succeed; the shard's range if so.
-    pub fn check_split(&self, index: u32, key: u128) -> Result<(u128, u128), String> {
-        let shard = self
-            .shards
-            .get(index as usize)
-            .ok_or_else(|| format!("Could not find shard {}", shard_id(index)))?;
-        if !shard.is_open() {
-            return Err(format!("Shard {} is not open", shard_id(index)));
+    fn open_shard(&self, index: u32) -> Result<&Shard, ReshardError> {
+        match self.shards.get(index as usize) {
+            None => Err(ReshardError::NoShard(index)),
+            Some(s) if !s.is_open() => Err(ReshardError::Closed(index)),
+            Some(s) => Ok(s),
         }
-        let (s, e) = (shard.start, shard.end);
-        if key <= s || key > e {
-            return Err(format!(
-                "NewStartingHashKey {key} used in SplitShard() on shard {} is not within the shard's hash key range.",
-                shard_id(index)
-            ));
+    }
+
+    /// Whether [`Self::split`] would succeed; the shard's range if so. As AWS states it,
+    /// the key must be greater than one plus the shard's first key and less than its last.
+    pub fn check_split(&self, index: u32, key: u128) -> Result<(u128, u128), ReshardError> {
+        let shard = self.open_shard(index)?;
+        let (start, end) = (shard.start, shard.end);
+        if key > start.saturating_add(1) && key < end {
+            Ok((start, end))
+        } else {
+            Err(ReshardError::KeyOutside {
+                shard: index,
+                key,
+                start,
+                end,
+            })
         }
-        Ok((s, e))
     }
 
     /// MergeShards: two adjacent open shards become one.
-    pub fn merge(&mut self, a: u32, b: u32) -> Result<(), String> {
+    pub fn merge(&mut self, a: u32, b: u32) -> Result<(), ReshardError> {
         let (s, e) = self.check_merge(a, b)?;
         let now = SystemTime::now();
         self.close(a, now);
@@ -324,22 +364,12 @@ impl StreamState {
     }
 
     /// Whether [`Self::merge`] would succeed; the merged range if so.
-    pub fn check_merge(&self, a: u32, b: u32) -> Result<(u128, u128), String> {
-        let (sa, sb) = match (self.shards.get(a as usize), self.shards.get(b as usize)) {
-            (Some(x), Some(y)) => (x, y),
-            _ => return Err("Could not find both shards to merge".into()),
-        };
-        if !sa.is_open() || !sb.is_open() {
-            return Err("Both shards to merge must be open".into());
-        }
+    pub fn check_merge(&self, a: u32, b: u32) -> Result<(u128, u128), ReshardError> {
+        let (sa, sb) = (self.open_shard(a)?, self.open_shard(b)?);
         let adjacent =
             sa.end.checked_add(1) == Some(sb.start) || sb.end.checked_add(1) == Some(sa.start);
         if !adjacent {
-            return Err(format!(
-                "Shards {} and {} are not adjacent",
-                shard_id(a),
-                shard_id(b)
-            ));
+            return Err(ReshardError::NotAdjacent(a, b));
         }
         Ok((sa.start.min(sb.start), sa.end.max(sb.end)))
     }
