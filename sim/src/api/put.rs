@@ -1,9 +1,10 @@
-//! PutRecords and PutRecord: each record is validated against the API model (data present
-//! and base64, partition key length in characters, ExplicitHashKey pattern and range),
-//! then against its stream (record size limit, request size limit); the stream assigns
-//! shards and sequence numbers and applies the per-shard budgets record by record.
-//! Validation order follows AWS: model violations before the stream lookup, an
-//! ExplicitHashKey out of range after it.
+//! PutRecords and PutRecord. Each record is first checked against the API model (data
+//! present, base64 and at most 10 MiB; partition key 1-256 characters when given;
+//! ExplicitHashKey pattern), then, once the stream is known and writable (`ACTIVE` or
+//! `UPDATING`), against the stream: ExplicitHashKey range, partition key required under
+//! `USER_PARTITION_KEY`, the stream's own record size, and the 10 MiB request limit. The
+//! stream then places each record (by hash key, or round-robin under `AUTO`), assigns
+//! sequence numbers and applies the per-shard budgets record by record.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -1,6 +1,7 @@
-//! Shards: ListShards (paging with an opaque `NextToken`, `ExclusiveStartShardId`,
-//! `ShardFilter`) and resharding (UpdateShardCount, SplitShard, MergeShards), plus the JSON
-//! shape of one shard that DescribeStream shares.
+//! Shards: ListShards (at most 1000 a page, an opaque `NextToken`, `ExclusiveStartShardId`,
+//! `ShardFilter`) and resharding (UpdateShardCount, SplitShard, MergeShards) of provisioned
+//! streams, which runs when the stream's `UPDATING` time ends; plus the JSON shape of one
+//! shard that DescribeStream shares.
 
 use std::sync::Arc;
 
