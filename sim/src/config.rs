@@ -6,10 +6,16 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SHARD_RECORDS_PER_SEC: u32 = 1_000;
 /// Per-shard byte rate: 1 MiB/s of data plus partition-key bytes.
 pub const DEFAULT_SHARD_BYTES_PER_SEC: u64 = 1_048_576;
-/// Largest PutRecords request (sum of data and partition-key bytes): 5 MiB.
-pub const DEFAULT_REQUEST_LIMIT_BYTES: u64 = 5 * 1_048_576;
+/// Largest PutRecords request (sum of data and partition-key bytes): 10 MiB.
+pub const DEFAULT_REQUEST_LIMIT_BYTES: u64 = 10 * 1_048_576;
 /// Default maximum record size in KiB (1 MiB).
 pub const DEFAULT_MAX_RECORD_SIZE_KIB: u32 = 1024;
+/// Smallest `MaxRecordSizeInKiB` the API accepts (1 MiB).
+pub const MIN_MAX_RECORD_SIZE_KIB: u32 = 1024;
+/// Largest `MaxRecordSizeInKiB` the API accepts (10 MiB).
+pub const MAX_MAX_RECORD_SIZE_KIB: u32 = 10_240;
+/// Shards of an on-demand stream created without `ShardCount`.
+pub const ON_DEMAND_INITIAL_SHARDS: u32 = 4;
 /// Account id used in ARNs and error messages.
 pub const DEFAULT_ACCOUNT_ID: &str = "123456789012";
 /// Region used in ARNs.
@@ -64,6 +70,93 @@ pub struct SimConfig {
     /// Keep record payloads for GetRecords and [`crate::Simulator::records`]. Turn off for
     /// long benchmarks so memory stays flat; counters are kept either way.
     pub store_records: bool,
+    /// How long streams stay `CREATING`, `UPDATING` and `DELETING` after the API actions
+    /// that start those states; all zero (the default) keeps every stream `ACTIVE`.
+    pub transitions: Transitions,
+}
+
+/// Durations of the stream status transitions driven by the API (CreateStream,
+/// UpdateShardCount / SplitShard / MergeShards / UpdateStreamMode, DeleteStream). Streams
+/// made through [`crate::Simulator::create_stream`] are `ACTIVE` at once whatever these say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// `CREATING` after CreateStream: writes and reads answer `ResourceNotFoundException`,
+    /// ListShards lists nothing, resharding answers `ResourceInUseException`.
+    pub creating: std::time::Duration,
+    /// `UPDATING` after a reshard or mode change, which takes effect when it ends; writes
+    /// proceed, another update answers `ResourceInUseException`.
+    pub updating: std::time::Duration,
+    /// `DELETING` after DeleteStream: writes answer `ResourceNotFoundException`, the name
+    /// stays taken; then the stream is gone.
+    pub deleting: std::time::Duration,
+}
+
+/// Capacity mode of a stream (`StreamModeDetails.StreamMode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum StreamMode {
+    /// Shards provisioned by count (the default).
+    #[default]
+    Provisioned,
+    /// Shards managed by the service; required for [`RecordDistribution::Auto`].
+    OnDemand,
+}
+
+impl StreamMode {
+    /// The API's name: `PROVISIONED` or `ON_DEMAND`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamMode::Provisioned => "PROVISIONED",
+            StreamMode::OnDemand => "ON_DEMAND",
+        }
+    }
+    /// Parses the API's name.
+    pub fn from_api(s: &str) -> Option<Self> {
+        [StreamMode::Provisioned, StreamMode::OnDemand]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// How records are placed on shards (`RecordDistributionStrategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RecordDistribution {
+    /// By the MD5 of the partition key or the ExplicitHashKey; a partition key is required
+    /// (the default).
+    #[default]
+    UserPartitionKey,
+    /// Evenly over the open shards whatever the keys; the partition key is optional.
+    /// On-demand streams only.
+    Auto,
+}
+
+impl RecordDistribution {
+    /// The API's name: `USER_PARTITION_KEY` or `AUTO`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordDistribution::UserPartitionKey => "USER_PARTITION_KEY",
+            RecordDistribution::Auto => "AUTO",
+        }
+    }
+    /// Parses the API's name.
+    pub fn from_api(s: &str) -> Option<Self> {
+        [
+            RecordDistribution::UserPartitionKey,
+            RecordDistribution::Auto,
+        ]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+    }
+}
+
+/// The settings of a stream that can change while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamSettings {
+    /// Capacity mode.
+    pub mode: StreamMode,
+    /// Record placement.
+    pub distribution: RecordDistribution,
+    /// Largest record (data bytes) in KiB, 1024..=10240.
+    pub max_record_size_kib: u32,
 }
 
 impl Default for SimConfig {
@@ -76,6 +169,7 @@ impl Default for SimConfig {
             account_id: DEFAULT_ACCOUNT_ID.to_string(),
             region: DEFAULT_REGION.to_string(),
             store_records: true,
+            transitions: Transitions::default(),
         }
     }
 }
@@ -89,6 +183,10 @@ pub struct StreamOptions {
     pub max_record_size_kib: Option<u32>,
     /// Per-stream limits; `None` uses [`SimConfig::limits`].
     pub limits: Option<RateLimits>,
+    /// Capacity mode (default `PROVISIONED`).
+    pub mode: StreamMode,
+    /// Record placement (default `USER_PARTITION_KEY`); `AUTO` needs `ON_DEMAND`.
+    pub distribution: RecordDistribution,
 }
 
 impl StreamOptions {

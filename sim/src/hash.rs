@@ -20,10 +20,17 @@ pub enum HashKeyError {
     OutOfRange,
 }
 
-/// Parses an `ExplicitHashKey`: an optionally signed decimal integer in `[0, 2^128-1]`.
+/// Parses an `ExplicitHashKey` in `[0, 2^128-1]`. The digits must match the API's pattern
+/// `0|([1-9]\d{0,38})` (no leading zeros, at most 39 digits), else [`HashKeyError::NotANumber`];
+/// a sign is let through to the range check, which is what AWS-faithful emulators answer for
+/// negative numbers.
 pub fn parse_explicit_hash_key(s: &str) -> Result<u128, HashKeyError> {
     let digits = s.strip_prefix('-').unwrap_or(s);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    let pattern = digits == "0"
+        || (matches!(digits.as_bytes().first(), Some(b'1'..=b'9'))
+            && digits.len() <= 39
+            && digits.bytes().all(|b| b.is_ascii_digit()));
+    if !pattern {
         return Err(HashKeyError::NotANumber);
     }
     if s.starts_with('-') {
@@ -108,6 +115,19 @@ mod tests {
             Err(HashKeyError::NotANumber)
         );
         assert_eq!(parse_explicit_hash_key(""), Err(HashKeyError::NotANumber));
+        for leading_zero in ["00", "007", "0123", "-01"] {
+            assert_eq!(
+                parse_explicit_hash_key(leading_zero),
+                Err(HashKeyError::NotANumber),
+                "{leading_zero}"
+            );
+        }
+        let forty_digits = format!("1{}", "0".repeat(39));
+        assert_eq!(
+            parse_explicit_hash_key(&forty_digits),
+            Err(HashKeyError::NotANumber)
+        );
+        assert_eq!(parse_explicit_hash_key("-0"), Ok(0));
     }
 
     #[test]

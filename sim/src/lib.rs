@@ -7,7 +7,7 @@
 //! injects faults on demand. Use it in tests and benchmarks, or run the `kinesis-sim` binary.
 //!
 //! ```text
-//! SDK ──HTTP──▶ server (hyper, HTTP/1.1 + h2c) ──▶ protocol (parse, validate, fault gate)
+//! SDK ──HTTP──▶ server (hyper, HTTP/1.1 + h2c) ──▶ api (parse, validate, fault gate)
 //!                                                      │
 //!                                   per-stream Mutex ──▶ state (shards, token buckets, records)
 //! ```
@@ -28,7 +28,11 @@
 //! ## API
 //! * [`Simulator::start`] binds `127.0.0.1:port` (0 = free port); [`Simulator::endpoint_url`].
 //! * Streams: [`Simulator::create_stream`], [`Simulator::create_stream_with`]
-//!   ([`StreamOptions`]: max record size, per-shard [`RateLimits`]), [`Simulator::delete_stream`].
+//!   ([`StreamOptions`]: max record size, per-shard [`RateLimits`], [`StreamMode`],
+//!   [`RecordDistribution`]), [`Simulator::delete_stream`].
+//! * Live settings: [`Simulator::set_stream_mode`], [`Simulator::set_record_distribution`],
+//!   [`Simulator::set_max_record_size_kib`], [`Simulator::stream_settings`] (the same rules
+//!   as the API actions); [`Simulator::stream_status`] with [`SimConfig::transitions`].
 //! * Faults: [`Simulator::set_faults`] with [`Faults`] (per-record `InternalFailure`, HTTP
 //!   500/503, latency with jitter and spikes, dropped connections, unreachable window,
 //!   scheduled reshard, competing writer), [`Simulator::set_unreachable_until`] for the whole
@@ -38,12 +42,17 @@
 //! * Inspection: [`Simulator::shards`], [`Simulator::records`], [`Simulator::counters`].
 //!
 //! Actions: CreateStream, DeleteStream, DescribeStream, DescribeStreamSummary, ListStreams,
-//! ListShards (pagination, ShardFilter), PutRecords, PutRecord, GetShardIterator, GetRecords,
-//! UpdateShardCount, SplitShard, MergeShards.
+//! ListShards (paging, ShardFilter), PutRecords, PutRecord, GetShardIterator, GetRecords,
+//! UpdateShardCount, SplitShard, MergeShards, UpdateStreamMode, UpdateMaxRecordSize,
+//! UpdateStreamRecordDistributionStrategy. Paging as the API defines it: ListShards at most
+//! 1000 a page, DescribeStream 100 (`HasMoreShards`), ListStreams by `Limit`.
 //!
 //! ## Semantics
 //! * Hash ranges: shard `i` of `n` covers `[i*2^128/n, (i+1)*2^128/n - 1]`; routing by MD5 of
-//!   the partition key or by `ExplicitHashKey`.
+//!   the partition key or by `ExplicitHashKey` (binary search over the open shards); under
+//!   `AUTO` round-robin over the open shards whatever the keys.
+//! * Record size: each stream's `MaxRecordSizeInKiB` (1024-10240); PutRecords at most 500
+//!   records and 10 MiB of data and keys.
 //! * Sequence numbers: 56 decimal digits, unique per stream, increasing per shard.
 //! * Limits: a token bucket per shard (records and data+key bytes, capacity one second of
 //!   rate, continuous refill); an over-budget record fails with
@@ -56,16 +65,19 @@
 
 #![warn(missing_docs)]
 
+mod api;
 pub mod config;
 pub mod emulators;
 pub mod hash;
-mod protocol;
 mod server;
 mod state;
 
-pub use config::{Faults, RateLimits, SimConfig, StreamOptions};
+pub use config::{
+    Faults, RateLimits, RecordDistribution, SimConfig, StreamMode, StreamOptions, StreamSettings,
+    Transitions,
+};
 pub use server::{Simulator, TARGET_PREFIX};
 pub use state::{
     parse_sequence_number, sequence_number, shard_id, ShardCounters, ShardSnapshot, SimError,
-    StoredRecord, StreamCounters,
+    StoredRecord, StreamCounters, StreamStatus,
 };

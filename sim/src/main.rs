@@ -1,9 +1,12 @@
-//! `kinesis-sim`: serve a simulated Kinesis endpoint on 127.0.0.1 until Ctrl-C.
+//! `kinesis-sim`: serve a simulated Kinesis endpoint on 127.0.0.1 until Ctrl-C. Streams change
+//! mode, record distribution and record size through the API actions themselves
+//! (UpdateStreamMode, UpdateStreamRecordDistributionStrategy, UpdateMaxRecordSize), so any SDK
+//! or raw HTTP client can switch them.
 
 use std::time::Duration;
 
 use clap::Parser;
-use kinesis_sim::{Faults, RateLimits, SimConfig, Simulator};
+use kinesis_sim::{Faults, RateLimits, SimConfig, Simulator, Transitions};
 
 /// A simulated Amazon Kinesis Data Streams endpoint (awsJson1.1 over HTTP).
 #[derive(Debug, Parser)]
@@ -48,6 +51,15 @@ struct Args {
     /// Share 0..1 of every shard's budget used by an invisible competing writer.
     #[arg(long, default_value_t = 0.0)]
     competing_writer_share: f64,
+    /// Milliseconds a stream made by CreateStream stays CREATING.
+    #[arg(long, default_value_t = 0)]
+    creating_ms: u64,
+    /// Milliseconds a reshard or UpdateStreamMode keeps a stream UPDATING.
+    #[arg(long, default_value_t = 0)]
+    updating_ms: u64,
+    /// Milliseconds a stream stays DELETING after DeleteStream.
+    #[arg(long, default_value_t = 0)]
+    deleting_ms: u64,
 }
 
 fn parse_stream(s: &str) -> Result<(String, u32), String> {
@@ -73,6 +85,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         port: a.port,
         limits,
         store_records: !a.no_store,
+        transitions: Transitions {
+            creating: Duration::from_millis(a.creating_ms),
+            updating: Duration::from_millis(a.updating_ms),
+            deleting: Duration::from_millis(a.deleting_ms),
+        },
         ..SimConfig::default()
     };
     let sim = Simulator::start(cfg).await?;

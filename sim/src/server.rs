@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
@@ -11,9 +11,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::config::{Faults, SimConfig, StreamOptions};
-use crate::protocol::{handle, ApiError, Reply};
-use crate::state::{Registry, ShardSnapshot, SimError, StoredRecord, StreamCounters};
+use crate::api::{handle, ApiError, Reply};
+use crate::config::{
+    Faults, RecordDistribution, SimConfig, StreamMode, StreamOptions, StreamSettings,
+};
+
+use crate::state::{
+    check_record_size_kib, check_settings, Registry, ReshardError, ShardSnapshot, SimError,
+    StoredRecord, StreamCounters, StreamStatus,
+};
 
 /// The `X-Amz-Target` prefix of every Kinesis action.
 pub const TARGET_PREFIX: &str = "Kinesis_20131202.";
@@ -52,12 +58,7 @@ async fn serve(
     reg: Arc<Registry>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, DropConnection> {
-    let unreachable = reg
-        .unreachable_until
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_some_and(|u| Instant::now() < u);
-    if unreachable {
+    if reg.unreachable() {
         return Err(DropConnection);
     }
     let action = req
@@ -139,13 +140,13 @@ impl Simulator {
 
     /// Creates an ACTIVE stream with explicit options (record size, per-shard limits).
     pub fn create_stream_with(&self, name: &str, opts: StreamOptions) -> Result<(), SimError> {
-        self.reg.create(name, &opts).map(|_| ())
+        self.reg.create(name, &opts, Duration::ZERO).map(|_| ())
     }
 
     /// Deletes a stream and everything stored in it.
     pub fn delete_stream(&self, name: &str) -> Result<(), SimError> {
         self.reg
-            .delete(name)
+            .delete(name, Duration::ZERO)
             .map(|_| ())
             .ok_or_else(|| SimError::StreamNotFound(name.to_string()))
     }
@@ -159,6 +160,51 @@ impl Simulator {
         self.reg
             .get(name)
             .ok_or_else(|| SimError::StreamNotFound(name.to_string()))
+    }
+
+    /// The stream's current settings (capacity mode, record distribution, record size).
+    pub fn stream_settings(&self, stream: &str) -> Result<StreamSettings, SimError> {
+        Ok(self.stream(stream)?.settings())
+    }
+
+    /// The stream's current status (`ACTIVE` unless [`SimConfig::transitions`] are set).
+    pub fn stream_status(&self, stream: &str) -> Result<StreamStatus, SimError> {
+        Ok(self.stream(stream)?.status())
+    }
+
+    /// Switches the capacity mode now (UpdateStreamMode without the `UPDATING` time).
+    /// Switching to `PROVISIONED` while the distribution is `AUTO` is refused.
+    pub fn set_stream_mode(&self, stream: &str, mode: StreamMode) -> Result<(), SimError> {
+        self.change_settings(stream, |s| s.mode = mode)
+    }
+
+    /// Switches the record distribution now (UpdateStreamRecordDistributionStrategy);
+    /// `AUTO` needs an `ON_DEMAND` stream.
+    pub fn set_record_distribution(
+        &self,
+        stream: &str,
+        distribution: RecordDistribution,
+    ) -> Result<(), SimError> {
+        self.change_settings(stream, |s| s.distribution = distribution)
+    }
+
+    /// Sets the stream's largest record, 1024..=10240 KiB, now (UpdateMaxRecordSize).
+    pub fn set_max_record_size_kib(&self, stream: &str, kib: u32) -> Result<(), SimError> {
+        check_record_size_kib(kib).map_err(SimError::InvalidArgument)?;
+        self.change_settings(stream, |s| s.max_record_size_kib = kib)
+    }
+
+    fn change_settings(
+        &self,
+        stream: &str,
+        change: impl FnOnce(&mut StreamSettings),
+    ) -> Result<(), SimError> {
+        self.stream(stream)?
+            .update_settings(|s| {
+                change(s);
+                check_settings(s)
+            })
+            .map_err(SimError::InvalidArgument)
     }
 
     /// Replaces the stream's fault injection; takes effect for the next request. A
@@ -209,18 +255,20 @@ impl Simulator {
         shard: u32,
         new_starting_hash_key: u128,
     ) -> Result<(), SimError> {
-        self.stream(stream)?
-            .lock()
-            .split(shard, new_starting_hash_key)
-            .map_err(SimError::InvalidArgument)
+        let s = self.stream(stream)?;
+        let r = s.lock().split(shard, new_starting_hash_key);
+        r.map_err(|e| self.reshard_error(&s, e))
     }
 
     /// MergeShards on demand.
     pub fn merge_shards(&self, stream: &str, shard: u32, adjacent: u32) -> Result<(), SimError> {
-        self.stream(stream)?
-            .lock()
-            .merge(shard, adjacent)
-            .map_err(SimError::InvalidArgument)
+        let s = self.stream(stream)?;
+        let r = s.lock().merge(shard, adjacent);
+        r.map_err(|e| self.reshard_error(&s, e))
+    }
+
+    fn reshard_error(&self, s: &crate::state::Stream, e: ReshardError) -> SimError {
+        SimError::InvalidArgument(e.message(&s.name, &self.reg.cfg.account_id))
     }
 
     /// All shards of the stream (closed ones included) in shard-index order; empty if the

@@ -19,16 +19,58 @@ const SHARDS: u32 = 4;
 /// `(case, target, what it does instead, why)`.
 const KNOWN_DIFFERENCES: &[(&str, &str, &str, &str)] = &[
     (
-        "put_records_over_5mib",
+        "put_records_over_10mib",
         "kinesalite",
-        "200",
-        "kinesalite does not check the request size below 7 MiB",
+        "413",
+        "kinesalite answers HTTP 413 with an empty body above 7 MiB",
     ),
     (
-        "put_records_over_5mib",
+        "put_records_over_10mib",
         "kinesis-local",
         "200",
-        "kinesis-local accepts requests over 5 MiB",
+        "kinesis-local does not check the request size",
+    ),
+    (
+        "put_records_ehk_leading_zero",
+        "kinesalite",
+        "200",
+        "kinesalite's unanchored pattern `^0|([1-9]\\d{0,38})$` accepts any key starting with 0",
+    ),
+    (
+        "put_records_ehk_leading_zero",
+        "kinesis-local",
+        "400 InvalidArgumentException",
+        "kinesis-local checks the characters itself, not via the model",
+    ),
+    (
+        "update_max_record_size",
+        "kinesalite",
+        "400 UnknownOperationException",
+        "kinesalite predates UpdateMaxRecordSize",
+    ),
+    (
+        "update_distribution_provisioned",
+        "kinesalite",
+        "400 UnknownOperationException",
+        "kinesalite predates UpdateStreamRecordDistributionStrategy",
+    ),
+    (
+        "update_distribution_provisioned",
+        "kinesis-local",
+        "400 AccessDeniedException",
+        "kinesis-local does not know UpdateStreamRecordDistributionStrategy",
+    ),
+    (
+        "update_max_record_size_too_small",
+        "kinesalite",
+        "400 UnknownOperationException",
+        "kinesalite predates UpdateMaxRecordSize",
+    ),
+    (
+        "update_max_record_size_too_small",
+        "kinesis-local",
+        "400 InvalidArgumentException",
+        "kinesis-local validates the range itself, not via the model",
     ),
     (
         "put_records_by_arn",
@@ -283,10 +325,22 @@ fn script() -> Vec<Case> {
             val,
         ),
         case(
-            "put_records_over_5mib",
+            "put_records_5mib_plus",
             "PutRecords",
             json!({"StreamName": STREAM, "Records": vec![rec("k", &vec![b'x'; 1 << 20]); 5].into_iter().chain([rec("k", &[b'x'; 64])]).collect::<Vec<_>>()}),
+            ok,
+        ),
+        case(
+            "put_records_over_10mib",
+            "PutRecords",
+            json!({"StreamName": STREAM, "Records": vec![rec("k", &vec![b'x'; 1 << 20]); 10].into_iter().chain([rec("k", &[b'x'; 64])]).collect::<Vec<_>>()}),
             inv,
+        ),
+        case(
+            "put_records_ehk_leading_zero",
+            "PutRecords",
+            json!({"StreamName": STREAM, "Records": [rec_ehk("007")]}),
+            val,
         ),
         case(
             "put_records_unknown_stream",
@@ -359,6 +413,24 @@ fn script() -> Vec<Case> {
             "ListShards",
             json!({"NextToken": "abc"}),
             inv,
+        ),
+        case(
+            "update_distribution_provisioned",
+            "UpdateStreamRecordDistributionStrategy",
+            json!({"StreamARN": arn, "RecordDistributionStrategy": "AUTO"}),
+            inv,
+        ),
+        case(
+            "update_max_record_size_too_small",
+            "UpdateMaxRecordSize",
+            json!({"StreamARN": arn, "MaxRecordSizeInKiB": 1023}),
+            val,
+        ),
+        case(
+            "update_max_record_size",
+            "UpdateMaxRecordSize",
+            json!({"StreamARN": arn, "MaxRecordSizeInKiB": 2048}),
+            ok,
         ),
     ]
 }
