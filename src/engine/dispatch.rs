@@ -116,16 +116,16 @@ impl Engine {
             if st.sealed.is_none() {
                 let Some(front) = st.queue.front() else { break };
                 if self.s.aggregation && !flushing {
-                    let due = front
-                        .arrival
-                        .checked_add(self.s.config.max_buffered_time)
-                        .unwrap_or(front.arrival);
+                    let deadline = front.deadline;
+                    let due = st
+                        .linger_due(self.s.config.max_buffered_time)
+                        .expect("queue has a front");
                     let full = st.full(
                         self.s.config.aggregation_max_size,
                         self.s.config.aggregation_max_count,
                     );
                     if !full && due > now {
-                        st.wake = Some(due.min(front.deadline));
+                        st.wake = Some(due.min(deadline));
                         break;
                     }
                 }

@@ -188,7 +188,7 @@ impl Engine {
         );
         // A shard lingering on a partial aggregate already has its timer: only a first record
         // (which starts the linger) or a full aggregate needs a drain.
-        self.shards.enqueue_back(entry, |st| {
+        self.shards.enqueue_back(entry, now, |st| {
             !aggregation || flushing || st.queue.len() == 1 || st.full(max_size, max_count)
         });
     }
@@ -361,7 +361,7 @@ impl Engine {
             },
         );
         for e in orphans {
-            self.shards.enqueue_back(e, |_| true);
+            self.shards.enqueue_back(e, now, |_| true);
         }
     }
 

@@ -39,7 +39,14 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::{Index, IndexMut};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A record overdue when it reaches an empty queue lingers `max_buffered_time / OVERDUE_DIVISOR`
+/// from then. The engine only sees overdue records when it lags behind `add` (a backlog in the
+/// ingest channel); sealing each of them alone would make it lag further (many small
+/// aggregates, each with its own request entry), so under a backlog the aggregate waits as if
+/// the record had just been added.
+pub(super) const OVERDUE_DIVISOR: u32 = 1;
 
 /// Queue capacity an empty shard may keep; a larger one is freed when the queue drains.
 const IDLE_QUEUE_CAPACITY: usize = 64;
@@ -56,6 +63,10 @@ pub(super) struct ShardState {
     /// When the shard next has something to do without new input (set by the drain).
     pub wake: Option<Instant>,
     pub telemetry: ShardTelemetry,
+    /// When the queue last went from empty to holding a new record (engine time): a record
+    /// already past its `max_buffered_time` when it arrives (a backlog in the ingest channel)
+    /// lingers a short window from here, so that the records behind it share its aggregate.
+    pub opened: Option<Instant>,
     /// The time of this shard's live entry in the timer heap.
     timer: Option<Instant>,
     /// In the ready queue.
@@ -77,6 +88,7 @@ impl ShardState {
             outstanding: Outstanding::default(),
             wake: None,
             telemetry,
+            opened: None,
             timer: None,
             ready: false,
             blocked: false,
@@ -113,13 +125,33 @@ impl ShardState {
     pub fn pop_front(&mut self) -> Option<Entry> {
         let e = self.queue.pop_front()?;
         self.queued_bytes -= e.size();
+        if self.queue.is_empty() {
+            self.opened = None;
+        }
         Some(e)
+    }
+
+    /// When the record at the front should be sealed into a Kinesis record, if the aggregate
+    /// is not full before: `max_buffered_time` after it arrived, or, for a record that was
+    /// overdue when it reached an empty queue, `max_buffered_time / OVERDUE_DIVISOR`
+    /// after that.
+    pub fn linger_due(&self, max_buffered_time: Duration) -> Option<Instant> {
+        let front = self.queue.front()?;
+        let due = front
+            .arrival
+            .checked_add(max_buffered_time)
+            .unwrap_or(front.arrival);
+        Some(match self.opened {
+            Some(opened) if opened > due => opened + max_buffered_time / OVERDUE_DIVISOR,
+            _ => due,
+        })
     }
 
     /// Every record it holds that has not left for the collector, oldest first.
     pub fn drain_held(&mut self) -> impl Iterator<Item = Entry> + '_ {
         let sealed = self.sealed.take().map(|r| r.entries).unwrap_or_default();
         self.queued_bytes = 0;
+        self.opened = None;
         sealed.into_iter().chain(self.queue.drain(..))
     }
 
@@ -330,9 +362,12 @@ impl Shards {
 
     /// Queues a new record behind the others of its shard, and marks the shard ready if `wake`
     /// says that the shard, as it is now, may send.
-    pub fn enqueue_back(&mut self, e: Entry, wake: impl FnOnce(&ShardState) -> bool) {
+    pub fn enqueue_back(&mut self, e: Entry, now: Instant, wake: impl FnOnce(&ShardState) -> bool) {
         let i = self.slot_for(e.hash_key);
         let st = &mut self.states[i];
+        if st.queue.is_empty() {
+            st.opened = Some(now);
+        }
         st.push_back(e);
         if wake(st) {
             self.mark_ready(i);

@@ -1103,3 +1103,36 @@ fn ttl_expires_records_of_a_shard_blocked_by_the_in_flight_limit() {
         "the record blocked by the in-flight limit expired"
     );
 }
+
+#[test]
+fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
+    let mut h = Harness::new(4, agg_config());
+    h.advance(Duration::from_secs(2));
+    let window = h.engine.s.config.max_buffered_time / shard::OVERDUE_DIVISOR;
+    let ttl = h.engine.s.config.record_ttl;
+    // added a second ago (a backlog in the ingest channel), reaching the engine now
+    let late = |h: &mut Harness, data: &str| {
+        let hash = even_range(2, 4).0;
+        let record =
+            UserRecord::new("k", data.to_string()).with_explicit_hash_key(hash.to_string());
+        assert!(h.gauge.try_acquire(record.size()));
+        let arrival = h.now - Duration::from_secs(1);
+        let entry = Entry::new(record, HashKey(hash), arrival, ttl, None);
+        h.engine.on_record(entry, h.now);
+    };
+    late(&mut h, "1");
+    assert!(
+        h.poll().is_empty(),
+        "lingers a window, not max_buffered_time"
+    );
+    assert_eq!(h.engine.shards.next_timer(), Some(h.now + window));
+    h.advance(window / 2);
+    late(&mut h, "2");
+    late(&mut h, "3");
+    assert!(h.poll().is_empty());
+    h.advance(window / 2);
+    let sent = h.poll_after_window();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.records.len(), 1, "one aggregate of the three");
+    assert!(sent[0].1.records[0].data.len() > 3 * 10);
+}
