@@ -122,6 +122,50 @@ fn parse_args() -> Opts {
 
 // ---- measurement helpers ------------------------------------------------------------------
 
+/// The system allocator, counting live heap bytes while [`COUNTING`] is set (only around
+/// `build`, to measure what the producer keeps per shard; one relaxed load otherwise).
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            LIVE.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
+        }
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            LIVE.fetch_sub(layout.size() as isize, AtomicOrdering::Relaxed);
+        }
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                AtomicOrdering::Relaxed,
+            );
+        }
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Net heap bytes allocated (and not freed) while `f` runs, by any thread.
+fn heap_kept<T>(f: impl FnOnce() -> T) -> (T, isize) {
+    LIVE.store(0, AtomicOrdering::SeqCst);
+    COUNTING.store(true, AtomicOrdering::SeqCst);
+    let out = f();
+    COUNTING.store(false, AtomicOrdering::SeqCst);
+    (out, LIVE.load(AtomicOrdering::SeqCst))
+}
+
 /// Process CPU seconds (user + system) and peak RSS in KiB, from getrusage.
 fn rusage() -> (f64, u64) {
     // SAFETY: getrusage writes into the zeroed struct we pass and reads nothing else.
@@ -361,6 +405,8 @@ async fn feed(
 
 struct Run {
     producers: Vec<Producer>,
+    /// Net heap bytes `build` kept (the producer's state for the stream, its shards included).
+    build_heap: isize,
     env: Env,
     rt: tokio::runtime::Runtime,
     load: Load,
@@ -380,18 +426,25 @@ fn setup(
         .build()
         .expect("producer runtime");
     let client = client(&env.endpoint);
+    // Warm the client (connection, endpoint resolution) so that the first build's count holds
+    // only the producer's own state.
+    rt.block_on(client.list_shards().stream_name(o.stream.clone()).send())
+        .expect("warm-up ListShards");
+    let mut build_heap = 0;
     let producers = (0..producers)
         .map(|_| {
             let b = Producer::builder()
                 .stream_name(o.stream.clone())
                 .aggregation(o.aggregation)
                 .rate_limiting(limits);
-            rt.block_on(tune(b).client(client.clone()))
-                .expect("build producer")
+            let (p, kept) = heap_kept(|| rt.block_on(tune(b).client(client.clone())));
+            build_heap += kept;
+            p.expect("build producer")
         })
         .collect();
     Run {
         producers,
+        build_heap,
         env,
         rt,
         load: Load::new(o),
@@ -639,7 +692,8 @@ fn scenario_cpu(o: &Opts) {
          \"requests\":{requests},\"throttles\":{throttles},\"user_records_per_sec\":{},\
          \"cpu_s_per_million_process\":{},\"cpu_s_per_million_producer\":{},\
          \"cpu_s_per_million_sim\":{},\"producer_us_per_record\":{},\
-         \"floor_us_per_record\":{},\"producer_to_floor\":{},\"peak_rss_mib\":{}}}",
+         \"floor_us_per_record\":{},\"producer_to_floor\":{},\"peak_rss_mib\":{},\
+         \"build_heap_bytes\":{}}}",
         o.aggregation,
         o.tracked,
         o.endpoint.is_some(),
@@ -655,6 +709,7 @@ fn scenario_cpu(o: &Opts) {
         r3(floor),
         r3(producer_us / floor),
         r3(rss_kib as f64 / 1024.0),
+        run.build_heap,
     );
     eprintln!(
         "producer {:.3} us/record = {:.2} x floor ({:.3} us/record)",

@@ -279,6 +279,9 @@ impl Engine {
         for e in expired.drain(..) {
             self.expire(e);
         }
+        if expired.capacity() > 1024 {
+            expired = Vec::new(); // no high-water mark kept after a burst of expiries
+        }
         self.scratch = expired;
         if let Some(batch) =
             self.collector
