@@ -57,37 +57,12 @@ impl Hasher for PrehashedHasher {
 /// equal hashes are chained through `entries[i].next`. Lookups by `&str` therefore allocate
 /// nothing, and once the buffers have grown, neither do inserts: `clear` keeps every
 /// allocation.
-/// A fast keyed hash of a key's bytes, 8 at a time, for the key table (SipHash was ~7 % of the
-/// engine thread's time). The seed is random per table, so colliding keys cannot be chosen in
-/// advance; a collision only lengthens one chain.
-fn key_hash(seed: u64, bytes: &[u8]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
-    let mut chunks = bytes.chunks_exact(8);
-    for c in &mut chunks {
-        let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-        h = (h ^ w).wrapping_mul(K).rotate_left(29);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut w = [0u8; 8];
-        w[..rest.len()].copy_from_slice(rest);
-        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
-    }
-    // Final avalanche (murmur3's fmix64).
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
 struct KeyTable {
     tag: u8,
     encoded: Vec<u8>,
     entries: Vec<KeyEntry>,
     heads: HashMap<u64, usize, BuildHasherDefault<PrehashedHasher>>,
-    seed: u64,
+    hasher: RandomState,
 }
 
 struct KeyEntry {
@@ -105,7 +80,7 @@ impl KeyTable {
             encoded: Vec::new(),
             entries: Vec::new(),
             heads: HashMap::default(),
-            seed: RandomState::new().hash_one(tag),
+            hasher: RandomState::new(),
         }
     }
 
@@ -114,7 +89,7 @@ impl KeyTable {
     }
 
     fn lookup(&self, key: &str) -> KeySlot {
-        let hash = key_hash(self.seed, key.as_bytes());
+        let hash = self.hasher.hash_one(key.as_bytes());
         let Some(&head) = self.heads.get(&hash) else {
             return KeySlot::Absent(hash);
         };
