@@ -6,7 +6,8 @@
 //! scenarios (defaults in brackets):
 //!   cpu        limits off, 64 shards, 100-byte records, as fast as possible [10 s]:
 //!              user records/s, CPU s per million records (process, producer, simulator),
-//!              peak RSS
+//!              peak RSS, and `floor_us_per_record`: the CPU of only the unavoidable work on
+//!              the same records (see `floor_us_per_record`), with the producer's ratio to it
 //!   accuracy   limits on, 8 shards, 2x capacity [60 s]; aggregated 1 KB records by default,
 //!              `--aggregation off` switches to 100-byte records: per-shard utilization and
 //!              the fraction of PutRecords entries throttled
@@ -120,6 +121,50 @@ fn parse_args() -> Opts {
 }
 
 // ---- measurement helpers ------------------------------------------------------------------
+
+/// The system allocator, counting live heap bytes while [`COUNTING`] is set (only around
+/// `build`, to measure what the producer keeps per shard; one relaxed load otherwise).
+struct CountingAlloc;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            LIVE.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
+        }
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            LIVE.fetch_sub(layout.size() as isize, AtomicOrdering::Relaxed);
+        }
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(AtomicOrdering::Relaxed) {
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                AtomicOrdering::Relaxed,
+            );
+        }
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Net heap bytes allocated (and not freed) while `f` runs, by any thread.
+fn heap_kept<T>(f: impl FnOnce() -> T) -> (T, isize) {
+    LIVE.store(0, AtomicOrdering::SeqCst);
+    COUNTING.store(true, AtomicOrdering::SeqCst);
+    let out = f();
+    COUNTING.store(false, AtomicOrdering::SeqCst);
+    (out, LIVE.load(AtomicOrdering::SeqCst))
+}
 
 /// Process CPU seconds (user + system) and peak RSS in KiB, from getrusage.
 fn rusage() -> (f64, u64) {
@@ -360,6 +405,8 @@ async fn feed(
 
 struct Run {
     producers: Vec<Producer>,
+    /// Net heap bytes `build` kept (the producer's state for the stream, its shards included).
+    build_heap: isize,
     env: Env,
     rt: tokio::runtime::Runtime,
     load: Load,
@@ -379,18 +426,25 @@ fn setup(
         .build()
         .expect("producer runtime");
     let client = client(&env.endpoint);
+    // Warm the client (connection, endpoint resolution) so that the first build's count holds
+    // only the producer's own state.
+    rt.block_on(client.list_shards().stream_name(o.stream.clone()).send())
+        .expect("warm-up ListShards");
+    let mut build_heap = 0;
     let producers = (0..producers)
         .map(|_| {
             let b = Producer::builder()
                 .stream_name(o.stream.clone())
                 .aggregation(o.aggregation)
                 .rate_limiting(limits);
-            rt.block_on(tune(b).client(client.clone()))
-                .expect("build producer")
+            let (p, kept) = heap_kept(|| rt.block_on(tune(b).client(client.clone())));
+            build_heap += kept;
+            p.expect("build producer")
         })
         .collect();
     Run {
         producers,
+        build_heap,
         env,
         rt,
         load: Load::new(o),
@@ -483,6 +537,131 @@ fn sum_stats(stats: &[Stats]) -> (u64, u64, u64, u64) {
     })
 }
 
+// ---- the floor: the work no producer can skip -----------------------------------------
+
+/// CPU seconds of the calling thread.
+fn thread_cpu_now() -> f64 {
+    // SAFETY: clock_gettime writes into the struct we pass.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Appends one PutRecords JSON entry, as the request body carries it.
+fn json_entry(body: &mut String, data: &[u8], key: &str, hash: Option<u128>) {
+    use base64::Engine as _;
+    use std::fmt::Write as _;
+    if !body.ends_with('[') {
+        body.push(',');
+    }
+    body.push_str("{\"Data\":\"");
+    base64::engine::general_purpose::STANDARD.encode_string(data, body);
+    body.push_str("\",\"PartitionKey\":\"");
+    body.push_str(key);
+    body.push('"');
+    if let Some(h) = hash {
+        let _ = write!(body, ",\"ExplicitHashKey\":\"{h}\"");
+    }
+    body.push('}');
+}
+
+/// Microseconds of CPU per user record, single-threaded, for only the work any producer must
+/// do on these records: the MD5 of each partition key (its shard), and then either
+/// - aggregated: the KPL framing (magic, protobuf of keys and records) of aggregates of
+///   `per_aggregate` records, the MD5 checksum of each, and the base64 and JSON of the request
+///   bodies (one entry per aggregate, with its explicit hash key), or
+/// - plain: the base64 and JSON of one entry per record,
+///
+/// in requests of at most 500 entries and 5 MiB. Not counted: SigV4 signing, HTTP, and all
+/// bookkeeping (queues, futures, retries, limits). `per_aggregate` is what the measured run
+/// formed (user records ÷ Kinesis records), so the floor covers the same Kinesis records.
+fn floor_us_per_record(load: &Load, n: usize, aggregation: bool, per_aggregate: usize) -> f64 {
+    use md5::{Digest, Md5};
+    let keys = &load.keys;
+    let data = &load.data[..];
+    let stride = 7919 % keys.len().max(1);
+    let t0 = thread_cpu_now();
+    let mut body = String::new();
+    let mut in_request = 0usize;
+    let mut hashes = 0u128;
+    let mut agg: Vec<u8> = Vec::new();
+    let mut agg_keys: Vec<&str> = Vec::new();
+    let mut k = 0usize;
+    let new_request = |body: &mut String, in_request: &mut usize| {
+        std::hint::black_box(&*body);
+        body.clear();
+        body.push_str("{\"StreamName\":\"bench\",\"Records\":[");
+        *in_request = 0;
+    };
+    new_request(&mut body, &mut in_request);
+    for i in 0..n {
+        let key = keys[k].as_str();
+        k = (k + stride) % keys.len();
+        let hash = u128::from_be_bytes(Md5::digest(key.as_bytes()).into());
+        hashes ^= hash;
+        if !aggregation {
+            if in_request == 500 || body.len() + data.len() * 4 / 3 > 5 << 20 {
+                new_request(&mut body, &mut in_request);
+            }
+            json_entry(&mut body, data, key, None);
+            in_request += 1;
+            continue;
+        }
+        agg_keys.push(key);
+        if agg_keys.len() < per_aggregate.max(1) && i + 1 < n {
+            continue;
+        }
+        // One aggregate, encoded once into a buffer of its exact size.
+        let record_len =
+            |j: usize| 1 + varint_len(j as u64) + 1 + varint_len(data.len() as u64) + data.len();
+        let mut size = 4 + 16;
+        for (j, key) in agg_keys.iter().enumerate() {
+            size += 1 + varint_len(key.len() as u64) + key.len();
+            let r = record_len(j);
+            size += 1 + varint_len(r as u64) + r;
+        }
+        agg.clear();
+        agg.reserve_exact(size);
+        agg.extend_from_slice(&[0xF3, 0x89, 0x9A, 0xC2]);
+        for key in &agg_keys {
+            agg.push(0x0A);
+            varint(&mut agg, key.len() as u64);
+            agg.extend_from_slice(key.as_bytes());
+        }
+        for j in 0..agg_keys.len() {
+            agg.push(0x1A);
+            varint(&mut agg, record_len(j) as u64);
+            agg.push(0x08);
+            varint(&mut agg, j as u64);
+            agg.push(0x1A);
+            varint(&mut agg, data.len() as u64);
+            agg.extend_from_slice(data);
+        }
+        let digest = Md5::digest(&agg[4..]);
+        agg.extend_from_slice(&digest);
+        if in_request == 500 || body.len() + agg.len() * 4 / 3 > 5 << 20 {
+            new_request(&mut body, &mut in_request);
+        }
+        json_entry(&mut body, &agg, agg_keys[0], Some(hash));
+        in_request += 1;
+        agg_keys.clear();
+    }
+    std::hint::black_box((hashes, &body));
+    (thread_cpu_now() - t0) * 1e6 / n.max(1) as f64
+}
+
 // ---- scenarios ----------------------------------------------------------------------------
 
 fn scenario_cpu(o: &Opts) {
@@ -500,13 +679,21 @@ fn scenario_cpu(o: &Opts) {
     let million = put.max(1) as f64 / 1e6;
     let process = cpu1.process - cpu0.process;
     let sim = cpu1.sim - cpu0.sim;
+    let producer_us = (process - sim) / million;
+    // The floor on the same records: as many as the run put (at most 2 million), grouped as
+    // the run grouped them.
+    let per_aggregate = (put as f64 / krecords.max(1) as f64).round() as usize;
+    let floor_n = (put as usize).clamp(1, 2_000_000);
+    let floor = floor_us_per_record(&run.load, floor_n, o.aggregation, per_aggregate);
     println!(
         "{{\"scenario\":\"cpu\",\"aggregation\":{},\"tracked\":{},\"external_endpoint\":{},\
          \"shards\":{},\"record_size\":{},\"keys\":{},\"seconds\":{},\"records_added\":{sent},\
          \"records_put\":{put},\"records_failed\":{failed},\"kinesis_records\":{krecords},\
          \"requests\":{requests},\"throttles\":{throttles},\"user_records_per_sec\":{},\
          \"cpu_s_per_million_process\":{},\"cpu_s_per_million_producer\":{},\
-         \"cpu_s_per_million_sim\":{},\"producer_us_per_record\":{},\"peak_rss_mib\":{}}}",
+         \"cpu_s_per_million_sim\":{},\"producer_us_per_record\":{},\
+         \"floor_us_per_record\":{},\"producer_to_floor\":{},\"peak_rss_mib\":{},\
+         \"build_heap_bytes\":{}}}",
         o.aggregation,
         o.tracked,
         o.endpoint.is_some(),
@@ -516,10 +703,19 @@ fn scenario_cpu(o: &Opts) {
         r3(elapsed),
         (put as f64 / elapsed).round(),
         r3(process / million),
-        r3((process - sim) / million),
+        r3(producer_us),
         r3(sim / million),
-        r3((process - sim) / million),
+        r3(producer_us),
+        r3(floor),
+        r3(producer_us / floor),
         r3(rss_kib as f64 / 1024.0),
+        run.build_heap,
+    );
+    eprintln!(
+        "producer {:.3} us/record = {:.2} x floor ({:.3} us/record)",
+        producer_us,
+        producer_us / floor,
+        floor
     );
     run.finish();
 }

@@ -54,11 +54,30 @@ impl EndpointBackoff {
 }
 
 impl Engine {
-    fn saturated(&self) -> bool {
+    pub(super) fn saturated(&self) -> bool {
         self.in_flight.len() + self.outbox.len() >= self.concurrency.limit()
     }
 
-    /// Moves what shard `i` may send now into the collector, and sets the shard's wake time.
+    /// Drains the shards that may have work: those a timer or an event made ready, and, while
+    /// the in-flight limit has room, those it blocked earlier. Costs in proportion to the shards
+    /// visited, never to the shard count.
+    pub(super) fn drain_ready(&mut self, now: Instant, flushing: bool, expired: &mut Vec<Entry>) {
+        self.shards.fire_timers(now);
+        self.round_robin = self.round_robin.wrapping_add(1);
+        self.shards.rotate_ready(self.round_robin);
+        while let Some(i) = self.shards.next_to_drain(!self.saturated()) {
+            self.drains += 1;
+            self.drain_shard(i, now, flushing, expired);
+            let st = self.shards.state_mut(i);
+            st.shrink_idle();
+            if let Some(at) = st.wake {
+                self.shards.schedule(i, at);
+            }
+        }
+    }
+
+    /// Moves what shard `i` may send now into the collector, and sets the shard's wake time;
+    /// a shard stopped by the in-flight limit joins the blocked queue.
     pub(super) fn drain_shard(
         &mut self,
         i: usize,
@@ -68,13 +87,13 @@ impl Engine {
     ) {
         let saturated = self.saturated();
         let per_shard = self.s.config.ordering == Ordering::PerShard;
-        let st = &mut self.shards[i];
+        let st = self.shards.state_mut(i);
         st.wake = None;
         while st.queue.front().is_some_and(|e| e.deadline <= now) {
             expired.push(st.pop_front().expect("front exists"));
         }
         let head_deadline = st.queue.front().map(|e| e.deadline);
-        if st.queue.is_empty() && st.sealed.is_none() {
+        if !st.holds() {
             return;
         }
         if let Some(t) = st.backoff_until.filter(|t| *t > now) {
@@ -82,23 +101,31 @@ impl Engine {
             return;
         }
         st.backoff_until = None;
-        if (per_shard && st.outstanding.get() > 0) || saturated {
+        if per_shard && st.outstanding.get() > 0 {
+            // Woken when its outstanding count falls to 0 (`returned`).
             st.wake = head_deadline;
             return;
         }
+        if saturated {
+            st.wake = head_deadline;
+            self.shards.block(i);
+            return;
+        }
         loop {
-            let st = &mut self.shards[i];
+            let st = self.shards.state_mut(i);
             if st.sealed.is_none() {
                 let Some(front) = st.queue.front() else { break };
                 if self.s.aggregation && !flushing {
-                    let due = front
-                        .arrival
-                        .checked_add(self.s.config.max_buffered_time)
-                        .unwrap_or(front.arrival);
-                    let full = st.queued_bytes >= self.s.config.aggregation_max_size
-                        || st.queue.len() >= self.s.config.aggregation_max_count;
+                    let deadline = front.deadline;
+                    let due = st
+                        .linger_due(self.s.config.max_buffered_time)
+                        .expect("queue has a front");
+                    let full = st.full(
+                        self.s.config.aggregation_max_size,
+                        self.s.config.aggregation_max_count,
+                    );
                     if !full && due > now {
-                        st.wake = Some(due.min(front.deadline));
+                        st.wake = Some(due.min(deadline));
                         break;
                     }
                 }
@@ -119,9 +146,10 @@ impl Engine {
                 self.outbox.push_back(self.collector.take());
             }
             if per_shard || self.saturated() {
-                let st = &mut self.shards[i];
-                if !per_shard {
+                let st = self.shards.state_mut(i);
+                if !per_shard && st.holds() {
                     st.wake = st.queue.front().map(|e| e.deadline);
+                    self.shards.block(i);
                 }
                 break;
             }
@@ -206,8 +234,15 @@ impl Engine {
     /// A Kinesis record left the pipeline (answered, taken back or failed): its shard has one
     /// fewer outstanding.
     pub(super) fn returned(&mut self, r: &KRecord) {
-        if let Some(st) = self.shards.by_id(&r.shard) {
-            self.ledger.returned(&mut st.outstanding);
+        let Some(&i) = self.shards.position(&r.shard) else {
+            return;
+        };
+        let st = self.shards.state_mut(i);
+        self.ledger.returned(&mut st.outstanding);
+        if st.outstanding.get() == 0 && st.holds() {
+            // Per-shard ordering waits for this; without it the shard may have been left
+            // with records when the in-flight limit was reached.
+            self.shards.mark_ready(i);
         }
     }
 }

@@ -140,7 +140,10 @@ pub(crate) struct Engine {
     endpoint: EndpointBackoff,
     concurrency: Concurrency,
     admission: Admission,
+    /// Where the next poll's round-robin order over the ready shards starts.
     round_robin: usize,
+    /// Shard drains so far: tests check that a poll visits only shards with work.
+    drains: u64,
     telemetry: Telemetry,
     scratch: Vec<Entry>,
 }
@@ -181,6 +184,7 @@ impl Engine {
                 now,
             ),
             round_robin: 0,
+            drains: 0,
             telemetry: Telemetry::new(stats, metrics, s.on_failure.clone(), now),
             scratch: Vec::new(),
             s,
@@ -203,12 +207,26 @@ impl Engine {
             self.resolve(entry, Err(RecordError::ShutDown { attempts: vec![] }));
             return;
         }
-        self.shards.enqueue_back(entry);
+        let flushing = self.ledger.flushing() || self.shutdown.is_some();
+        let (aggregation, max_size, max_count) = (
+            self.s.aggregation,
+            self.s.config.aggregation_max_size,
+            self.s.config.aggregation_max_count,
+        );
+        // A shard lingering on a partial aggregate already has its timer: only a first record
+        // (which starts the linger) or a full aggregate needs a drain.
+        self.shards.enqueue_back(entry, now, |st| {
+            !aggregation || flushing || st.queue.len() == 1 || st.full(max_size, max_count)
+        });
     }
 
     /// `flush()`: `reply` fires once every record received so far is resolved.
     pub fn on_flush(&mut self, reply: oneshot::Sender<()>) {
         self.ledger.flush(reply);
+        if self.ledger.flushing() {
+            // Lingering aggregates go now.
+            self.shards.mark_all_held();
+        }
     }
 
     /// `shutdown()` or the last handle dropped: drain everything, then stop. Past the deadline
@@ -218,6 +236,7 @@ impl Engine {
         let (d, replies) = self.shutdown.get_or_insert_with(|| (deadline, Vec::new()));
         *d = (*d).min(deadline);
         replies.extend(reply);
+        self.shards.mark_all_held();
     }
 
     /// Whether the engine has shut down and holds nothing: the loop may end.
@@ -285,17 +304,13 @@ impl Engine {
             }
         }
         let flushing = self.ledger.flushing() || self.shutdown.is_some();
-        let n = self.shards.len();
-        if n > 0 {
-            self.round_robin = (self.round_robin + 1) % n;
-        }
         let mut expired = std::mem::take(&mut self.scratch);
-        for k in 0..n {
-            let i = (self.round_robin + k) % n;
-            self.drain_shard(i, now, flushing, &mut expired);
-        }
+        self.drain_ready(now, flushing, &mut expired);
         for e in expired.drain(..) {
             self.expire(e);
+        }
+        if expired.capacity() > 1024 {
+            expired = Vec::new(); // no high-water mark kept after a burst of expiries
         }
         self.scratch = expired;
         if let Some(batch) =
@@ -346,8 +361,10 @@ impl Engine {
             ));
         }
         at(self.collector.due_at(self.s.config.max_buffered_time));
-        for st in self.shards.iter() {
-            at(st.wake);
+        at(self.shards.next_timer());
+        if self.shards.has_ready() || (self.shards.has_blocked() && !self.saturated()) {
+            // Drain at once.
+            at(Some(self.telemetry.last_published));
         }
         if self.ledger.held() > 0 {
             at(Some(self.telemetry.last_published + STATS_PERIOD));
@@ -383,7 +400,7 @@ impl Engine {
             },
         );
         for e in orphans {
-            self.shards.enqueue_back(e);
+            self.shards.enqueue_back(e, now, |_| true);
         }
         // What the stream can take: the limits of every open shard (of the whole stream under
         // AUTO, where one pseudo-shard carries them all). Aggregated, the record limit applies

@@ -5,6 +5,26 @@
 //! outstanding count. [`Shards`] keeps them in map order with an index by shard id, and moves
 //! queued records to the shards that hold their hash keys when the map changes. Under `AUTO`
 //! distribution there is no prediction: one stream-wide pseudo-shard (`*`) holds every record.
+//!
+//! ## Finding the shards with work, without a scan
+//!
+//! A poll visits only shards that may have something to do, so its cost follows the work done,
+//! not the shard count. Three structures hold them:
+//!
+//! - the **ready queue** (FIFO, one flag per shard against duplicates): shards to drain at the
+//!   next poll. A shard enters it when a record arrives that it may send now (always without
+//!   aggregation or while flushing; with aggregation when its queue was empty or is now full),
+//!   when records are put back at its front (any mutable access by index, `shards[i]`, marks the
+//!   shard ready, so a caller that changes a shard cannot forget to wake it), when its
+//!   outstanding count falls to 0 (per-shard ordering), when a timer fires, and when the map is
+//!   installed or a flush or shutdown starts (every shard that holds records).
+//! - the **timer heap** of (instant, shard), with lazy deletion: a shard's limiter, linger,
+//!   back-off and TTL deadlines are folded into one wake time by the drain; a new entry is
+//!   pushed only when it is earlier than the shard's pending one, and an entry whose time is no
+//!   longer the shard's pending one is skipped when it comes up. A wake that comes too early
+//!   costs one drain, which pushes the right time.
+//! - the **blocked queue** (FIFO, flagged): shards that had work when the in-flight limit was
+//!   saturated. They are drained, oldest first, as capacity frees, before newer ready shards.
 
 use super::entry::{Entry, KRecord};
 use super::ledger::Outstanding;
@@ -15,10 +35,21 @@ use crate::kinesis::PutRecordsEntry;
 use crate::limiter::ShardLimiter;
 use crate::retry::Backoff;
 use crate::shard_map::{ShardInfo, ShardMap};
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::ops::{Index, IndexMut};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A record overdue when it reaches an empty queue lingers `max_buffered_time / OVERDUE_DIVISOR`
+/// from then. The engine only sees overdue records when it lags behind `add` (a backlog in the
+/// ingest channel); sealing each of them alone would make it lag further (many small
+/// aggregates, each with its own request entry), so under a backlog the aggregate waits as if
+/// the record had just been added.
+pub(super) const OVERDUE_DIVISOR: u32 = 1;
+
+/// Queue capacity an empty shard may keep; a larger one is freed when the queue drains.
+const IDLE_QUEUE_CAPACITY: usize = 64;
 
 pub(super) struct ShardState {
     pub info: ShardInfo,
@@ -29,9 +60,19 @@ pub(super) struct ShardState {
     pub backoff: Backoff,
     pub backoff_until: Option<Instant>,
     pub outstanding: Outstanding,
-    /// When the shard next has something to do without new input.
+    /// When the shard next has something to do without new input (set by the drain).
     pub wake: Option<Instant>,
     pub telemetry: ShardTelemetry,
+    /// When the queue last went from empty to holding a new record (engine time): a record
+    /// already past its `max_buffered_time` when it arrives (a backlog in the ingest channel)
+    /// lingers a short window from here, so that the records behind it share its aggregate.
+    pub opened: Option<Instant>,
+    /// The time of this shard's live entry in the timer heap.
+    timer: Option<Instant>,
+    /// In the ready queue.
+    ready: bool,
+    /// In the blocked queue.
+    blocked: bool,
 }
 
 impl ShardState {
@@ -47,6 +88,34 @@ impl ShardState {
             outstanding: Outstanding::default(),
             wake: None,
             telemetry,
+            opened: None,
+            timer: None,
+            ready: false,
+            blocked: false,
+        }
+    }
+
+    /// Whether it holds records that have not left for the collector.
+    pub fn holds(&self) -> bool {
+        !self.queue.is_empty() || self.sealed.is_some()
+    }
+
+    /// Whether the queue holds a full aggregate's worth of records.
+    pub fn full(&self, max_size: usize, max_count: usize) -> bool {
+        self.queued_bytes >= max_size || self.queue.len() >= max_count
+    }
+
+    /// Gives back memory a drained queue kept from a burst (no high-water mark kept for ever).
+    /// Also halves a queue that uses under a quarter of its capacity: memory follows the work
+    /// as it drains, at an amortized cost of one move per record.
+    pub fn shrink_idle(&mut self) {
+        let cap = self.queue.capacity();
+        if cap > IDLE_QUEUE_CAPACITY {
+            if self.queue.is_empty() {
+                self.queue = VecDeque::new();
+            } else if self.queue.len() < cap / 4 {
+                self.queue.shrink_to(cap / 2);
+            }
         }
     }
 
@@ -63,13 +132,33 @@ impl ShardState {
     pub fn pop_front(&mut self) -> Option<Entry> {
         let e = self.queue.pop_front()?;
         self.queued_bytes -= e.size();
+        if self.queue.is_empty() {
+            self.opened = None;
+        }
         Some(e)
+    }
+
+    /// When the record at the front should be sealed into a Kinesis record, if the aggregate
+    /// is not full before: `max_buffered_time` after it arrived, or, for a record that was
+    /// overdue when it reached an empty queue, `max_buffered_time / OVERDUE_DIVISOR`
+    /// after that.
+    pub fn linger_due(&self, max_buffered_time: Duration) -> Option<Instant> {
+        let front = self.queue.front()?;
+        let due = front
+            .arrival
+            .checked_add(max_buffered_time)
+            .unwrap_or(front.arrival);
+        Some(match self.opened {
+            Some(opened) if opened > due => opened + max_buffered_time / OVERDUE_DIVISOR,
+            _ => due,
+        })
     }
 
     /// Every record it holds that has not left for the collector, oldest first.
     pub fn drain_held(&mut self) -> impl Iterator<Item = Entry> + '_ {
         let sealed = self.sealed.take().map(|r| r.entries).unwrap_or_default();
         self.queued_bytes = 0;
+        self.opened = None;
         sealed.into_iter().chain(self.queue.drain(..))
     }
 
@@ -124,6 +213,9 @@ pub(super) struct Shards {
     states: Vec<ShardState>,
     index: HashMap<Arc<str>, usize>,
     predict: bool,
+    ready: VecDeque<usize>,
+    blocked: VecDeque<usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
 }
 
 impl Shards {
@@ -133,7 +225,113 @@ impl Shards {
             states: Vec::new(),
             index: HashMap::new(),
             predict,
+            ready: VecDeque::new(),
+            blocked: VecDeque::new(),
+            timers: BinaryHeap::new(),
         }
+    }
+
+    /// The state of shard `i`, without marking it ready (the drain's own access).
+    pub fn state_mut(&mut self, i: usize) -> &mut ShardState {
+        &mut self.states[i]
+    }
+
+    /// Shard `i` is drained at the next poll.
+    pub fn mark_ready(&mut self, i: usize) {
+        let st = &mut self.states[i];
+        if !st.ready {
+            st.ready = true;
+            self.ready.push_back(i);
+        }
+    }
+
+    /// Every shard that holds records is drained at the next poll (map installed, flush or
+    /// shutdown started: rare, so a pass over the shards is fine here).
+    pub fn mark_all_held(&mut self) {
+        for i in 0..self.states.len() {
+            if self.states[i].holds() {
+                self.mark_ready(i);
+            }
+        }
+    }
+
+    /// The next shard to drain: the oldest blocked one if `room` (the in-flight limit has
+    /// room), else the oldest ready one.
+    pub fn next_to_drain(&mut self, room: bool) -> Option<usize> {
+        if room {
+            if let Some(i) = self.blocked.pop_front() {
+                self.states[i].blocked = false;
+                return Some(i);
+            }
+        }
+        let i = self.ready.pop_front()?;
+        self.states[i].ready = false;
+        Some(i)
+    }
+
+    /// Orders the ready queue round-robin from position `start` (modulo the shard count), as
+    /// a sweep over the shards starting there would visit them: no shard is always first.
+    /// Costs a sort of the ready shards only.
+    pub fn rotate_ready(&mut self, start: usize) {
+        let n = self.states.len().max(1);
+        let start = start % n;
+        if self.ready.len() > 1 {
+            self.ready
+                .make_contiguous()
+                .sort_unstable_by_key(|&i| (i + n - start) % n);
+        }
+    }
+
+    /// Shard `i` has work but the in-flight limit is saturated: drain it when room frees.
+    pub fn block(&mut self, i: usize) {
+        let st = &mut self.states[i];
+        if !st.blocked {
+            st.blocked = true;
+            self.blocked.push_back(i);
+        }
+    }
+
+    /// Whether a shard waits in the ready queue, or in the blocked queue.
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    pub fn has_blocked(&self) -> bool {
+        !self.blocked.is_empty()
+    }
+
+    /// Shard `i` wants to be drained at `at`: pushes a timer unless an earlier one is pending.
+    pub fn schedule(&mut self, i: usize, at: Instant) {
+        let st = &mut self.states[i];
+        if st.timer.is_some_and(|t| t <= at) {
+            return;
+        }
+        st.timer = Some(at);
+        self.timers.push(Reverse((at, i)));
+    }
+
+    /// Moves the shards whose timers are due at `now` to the ready queue, and drops stale
+    /// entries from the top of the heap so that [`Shards::next_timer`] is exact.
+    pub fn fire_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, i))) = self.timers.peek() {
+            let live = self.states.get(i).is_some_and(|st| st.timer == Some(at));
+            if live && at > now {
+                break;
+            }
+            self.timers.pop();
+            if live {
+                self.states[i].timer = None;
+                self.mark_ready(i);
+            }
+        }
+        if self.timers.is_empty() && self.timers.capacity() > IDLE_QUEUE_CAPACITY {
+            self.timers = BinaryHeap::new();
+        }
+    }
+
+    /// The earliest pending timer.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     pub fn len(&self) -> usize {
@@ -146,6 +344,11 @@ impl Shards {
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut ShardState> {
         self.states.iter_mut()
+    }
+
+    /// The position of the shard with this id, if the map still has it.
+    pub fn position(&self, id: &str) -> Option<&usize> {
+        self.index.get(id)
     }
 
     /// The state of the shard with this id, if the map still has it.
@@ -163,10 +366,18 @@ impl Shards {
         }
     }
 
-    /// Queues a new record behind the others of its shard.
-    pub fn enqueue_back(&mut self, e: Entry) {
+    /// Queues a new record behind the others of its shard, and marks the shard ready if `wake`
+    /// says that the shard, as it is now, may send.
+    pub fn enqueue_back(&mut self, e: Entry, now: Instant, wake: impl FnOnce(&ShardState) -> bool) {
         let i = self.slot_for(e.hash_key);
-        self.states[i].push_back(e);
+        let st = &mut self.states[i];
+        if st.queue.is_empty() {
+            st.opened = Some(now);
+        }
+        st.push_back(e);
+        if wake(st) {
+            self.mark_ready(i);
+        }
     }
 
     /// Replaces the map. Shards that remain keep their state (`reset_limiter` may renew their
@@ -210,6 +421,14 @@ impl Shards {
             .map(|(i, s)| (s.info.id.clone(), i))
             .collect();
         self.map = map;
+        // Positions changed: rebuild the ready, blocked and timer sets from scratch.
+        self.ready.clear();
+        self.blocked.clear();
+        self.timers.clear();
+        for st in &mut self.states {
+            (st.ready, st.blocked, st.timer) = (false, false, None);
+        }
+        self.mark_all_held();
         let mut orphans: Vec<ShardState> = old.into_values().collect();
         orphans.sort_by_key(|s| s.info.end);
         orphans
@@ -226,8 +445,11 @@ impl Index<usize> for Shards {
     }
 }
 
+/// Mutable access by index marks the shard ready: whoever changes a shard (records put back at
+/// its front) gets it drained at the next poll.
 impl IndexMut<usize> for Shards {
     fn index_mut(&mut self, i: usize) -> &mut ShardState {
+        self.mark_ready(i);
         &mut self.states[i]
     }
 }
