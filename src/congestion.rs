@@ -20,10 +20,13 @@
 //!
 //! The request timeout follows the same samples, as TCP's retransmission timer does: at least
 //! the configured `request_timeout`, stretched to `srtt + 4 · rttvar` or to [`TIMEOUT_MARGIN`]
-//! × the slowest latency seen in the window, whichever is longer, when the endpoint is slower
-//! than that, and doubled after each timeout until an answer comes (Karn's rule). A request
+//! × the slowest latency seen in the window × the requests in flight (an endpoint that works
+//! on requests side by side takes longer for each the more it has), whichever is longer, when
+//! the endpoint is slower than that, and doubled after each timeout until an answer comes (Karn's rule). A request
 //! abandoned while the endpoint is still storing it is sent again and stored twice, so the
-//! timer errs long: it is for a dead connection, not for a slow answer.
+//! timer errs long: it is for a dead connection, not for a slow answer. Before the first
+//! answer, when nothing is known of the endpoint, a request gets the configured timeout per MiB
+//! it carries.
 //!
 //! Requests differ in size (one record to 10 MiB), and a slow endpoint's latency grows with
 //! it: latency is measured per [`QUANTUM`] of request bytes (a request smaller than a quantum
@@ -129,10 +132,17 @@ impl Concurrency {
         if !self.adaptive {
             return self.min_timeout;
         }
+        if self.srtt.is_none() {
+            // Nothing known of the endpoint yet: the configured timeout per MiB of request.
+            let mib = (bytes as f64 / (1 << 20) as f64).max(1.0);
+            let t = self.min_timeout.as_secs_f64() * mib * f64::from(1u32 << self.timeouts.min(10));
+            return Duration::from_secs_f64(t.min(MAX_TIMEOUT.as_secs_f64()))
+                .max(self.min_timeout.min(MAX_TIMEOUT));
+        }
         let rto = self
             .srtt
             .map_or(0.0, |(srtt, rttvar)| srtt + 4.0 * rttvar)
-            .max(TIMEOUT_MARGIN * self.max_latency.0.max(self.max_latency.1))
+            .max(TIMEOUT_MARGIN * self.max_latency.0.max(self.max_latency.1) * self.limit() as f64)
             * units(bytes);
         let base = self.min_timeout.as_secs_f64().max(rto);
         let backed_off = base * f64::from(1u32 << self.timeouts.min(10));
@@ -255,6 +265,14 @@ mod tests {
     }
 
     #[test]
+    fn before_any_answer_a_large_request_gets_the_timeout_per_mib() {
+        let c = Concurrency::new(32, Duration::from_secs(6));
+        assert_eq!(c.timeout(1_000), Duration::from_secs(6));
+        assert_eq!(c.timeout(5 << 20), Duration::from_secs(30));
+        assert_eq!(c.timeout(100 << 20), MAX_TIMEOUT);
+    }
+
+    #[test]
     fn a_fixed_controller_ignores_the_endpoint() {
         let t0 = Instant::now();
         let mut c = Concurrency::fixed(32, Duration::from_secs(6));
@@ -320,7 +338,8 @@ mod tests {
         // Same round trip: one signal.
         c.on_congestion(true, t0 + ms(250));
         assert_eq!(c.limit(), 16);
-        assert_eq!(c.timeout(0), Duration::from_secs(24), "doubled twice");
+        // 4 × 100 ms × 16 in flight = 6.4 s (above the 6 s floor), doubled twice.
+        assert_eq!(c.timeout(0), Duration::from_millis(25_600));
         c.on_congestion(true, t0 + ms(400));
         assert_eq!(c.limit(), 8);
         // An answer ends the back-off of the timer.
@@ -348,10 +367,11 @@ mod tests {
                 t0 + Duration::from_secs(i),
             );
         }
-        // The slowest answer was 6.96 s: four times that.
+        // The slowest answer was 6.96 s: four times that, for each of the 4 requests in flight.
+        assert_eq!(c.limit(), 4);
         let t = c.timeout(0);
         assert!(
-            t > Duration::from_millis(27_800) && t < Duration::from_millis(27_900),
+            t > Duration::from_millis(4 * 27_800) && t < Duration::from_millis(4 * 27_900),
             "{t:?}"
         );
         for _ in 0..20 {
@@ -372,13 +392,9 @@ mod tests {
             c.on_answer(latency, bytes, t0 + Duration::from_secs(i));
         }
         assert_eq!(c.limit(), 32, "no answer looked like queueing");
-        assert_eq!(
-            c.timeout(1_000),
-            Duration::from_secs(6),
-            "the configured floor"
-        );
-        let big = c.timeout(5 << 20);
-        assert!(big >= Duration::from_secs(5), "{big:?}");
+        // Four times the slowest latency per unit (0.25 s), for each of 32 requests in flight.
+        assert_eq!(c.timeout(1_000), Duration::from_secs(32));
+        assert_eq!(c.timeout(5 << 20), MAX_TIMEOUT, "20 units: capped");
         // The same 5 s for a small request is queueing.
         c.on_answer(Duration::from_secs(5), 1_000, t0 + Duration::from_secs(40));
         assert_eq!(c.limit(), 28);
