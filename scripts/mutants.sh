@@ -11,6 +11,6 @@ export CARGO_PROFILE_DEV_DEBUG=0
 exec cargo mutants --package kinesis-producer --no-shuffle \
   --file src/hash_key.rs --file src/shard_map.rs --file 'src/aggregation/*.rs' \
   --file src/limiter.rs --file src/collector.rs --file src/retry.rs --file src/buffer.rs \
-  --file 'src/engine/*.rs' \
+  --file src/congestion.rs --file src/admission.rs --file 'src/engine/*.rs' \
   --exclude '**/tests.rs' --exclude 'src/aggregation/testing.rs' \
   --output target/mutants "$@" -- --lib

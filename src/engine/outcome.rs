@@ -185,35 +185,23 @@ impl Engine {
                 return;
             }
         }
-        let Stored {
-            record,
-            shard_id,
-            sequence_number,
-            attempt,
-        } = stored;
-        self.resolve_stored(
-            record.entries,
-            record.aggregated,
-            &shard_id,
-            &sequence_number,
-            &attempt,
-        );
+        self.resolve_stored(stored);
     }
 
     /// Resolves an aggregate's sub-records that lie in the storing shard's range; re-sends the
     /// others (KCL would drop them).
     pub(super) fn check_stranded(&mut self, stored: Stored, retry_entries: &mut Vec<Entry>) {
+        let Some(range) = self.shards.map.shard(&stored.shard_id).cloned() else {
+            // Not even the refreshed map knows the shard: nothing to check against.
+            self.resolve_stored(stored);
+            return;
+        };
         let Stored {
             record,
             shard_id,
             sequence_number,
             attempt,
         } = stored;
-        let Some(range) = self.shards.map.shard(&shard_id).cloned() else {
-            // Not even the refreshed map knows the shard: nothing to check against.
-            self.resolve_stored(record.entries, true, &shard_id, &sequence_number, &attempt);
-            return;
-        };
         for (i, mut e) in record.entries.into_iter().enumerate() {
             if range.contains(e.hash_key) {
                 e.attempts.push(attempt.clone());
@@ -242,14 +230,18 @@ impl Engine {
     }
 
     /// Resolves the user records of one stored Kinesis record.
-    fn resolve_stored(
-        &mut self,
-        entries: Vec<Entry>,
-        aggregated: bool,
-        shard_id: &Arc<str>,
-        sequence_number: &Arc<str>,
-        attempt: &Attempt,
-    ) {
+    fn resolve_stored(&mut self, stored: Stored) {
+        let Stored {
+            record:
+                KRecord {
+                    entries,
+                    aggregated,
+                    ..
+                },
+            shard_id,
+            sequence_number,
+            attempt,
+        } = stored;
         // Buffer room, stats and metrics once per Kinesis record rather than once per user
         // record, before any future resolves (as `resolve` does).
         self.ledger.release(&entries);
