@@ -195,6 +195,17 @@ mod tests {
     }
 
     #[test]
+    fn the_floor_is_a_thousand_records_and_a_mib_even_for_small_records() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(TTL, MAX, 100, t0);
+        a.set_capacity(Some((1_000.0, 1048576.0)));
+        // Nothing drains at all.
+        a.tick((5_000, 500_000), t0 + TICK);
+        assert_eq!(a.cap(), (MIN_RECORDS, MIN_BYTES));
+        assert_eq!((MIN_RECORDS, MIN_BYTES), (1_000, 1 << 20));
+    }
+
+    #[test]
     fn without_rate_limits_only_a_measured_drain_caps() {
         let t0 = Instant::now();
         let mut a = Admission::new(TTL, MAX, 1 << 20, t0);
