@@ -82,6 +82,30 @@ pub fn classify_request(code: Option<&str>, status: Option<u16>) -> Decision {
     }
 }
 
+/// The records a whole-request validation error names, as 0-based positions in the request.
+///
+/// The service validates every record before it stores any, and refuses the request as a
+/// whole when one breaks a constraint, naming each culprit by its 1-based position:
+/// `Value '…' at 'records.3.member.data' failed to satisfy constraint: …`. Only the named
+/// records are bad; the others can be sent again. An empty result: the message names no record.
+pub fn invalid_record_positions(message: &str) -> Vec<usize> {
+    const AT: &str = "'records.";
+    let mut out: Vec<usize> = message
+        .match_indices(AT)
+        .filter_map(|(i, _)| {
+            let rest = &message[i + AT.len()..];
+            let digits = rest.split('.').next()?;
+            let n: usize = digits.parse().ok()?;
+            rest[digits.len()..]
+                .starts_with(".member")
+                .then_some(n.checked_sub(1)?)
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// First back-off delay.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest back-off delay.
@@ -144,6 +168,24 @@ pub fn deadline(added: Instant, ttl: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validation_messages_name_the_records_at_fault() {
+        let one = "1 validation error detected: Value 'java.nio.HeapByteBuffer[pos=0 lim=1048577 cap=1048577]' at 'records.2.member.data' failed to satisfy constraint: Member must have length less than or equal to 1048576";
+        assert_eq!(invalid_record_positions(one), vec![1]);
+        let two = "2 validation errors detected: Value '' at 'records.5.member.partitionKey' failed to satisfy constraint: Member must have length greater than or equal to 1; Value null at 'records.1.member.data' failed to satisfy constraint: Member must not be null; Value '' at 'records.5.member.data' failed";
+        assert_eq!(invalid_record_positions(two), vec![0, 4]);
+        for none in [
+            "Records size exceeds 10 MB limit",
+            "Value at 'records' failed to satisfy constraint: Member must have length less than or equal to 500",
+            "at 'records.0.member.data'",
+            "at 'records.x.member.data'",
+            "at 'records.3.data'",
+            "",
+        ] {
+            assert_eq!(invalid_record_positions(none), Vec::<usize>::new(), "{none}");
+        }
+    }
 
     #[test]
     fn record_error_codes() {

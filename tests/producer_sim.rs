@@ -437,3 +437,79 @@ async fn resharding_mid_run_loses_nothing() {
         "records added well after the reshard land on the new shards: {late:?}"
     );
 }
+
+/// The stream's record limit is lowered under a running producer (`UpdateMaxRecordSize`): a
+/// record over the new limit makes the service refuse its whole request. Only that record
+/// fails, with the service's message; the records that shared its request are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_a_lowered_limit_fails_alone() {
+    let sim = Simulator::start(SimConfig::default()).await.expect("start");
+    sim.create_stream_with(
+        "lowered",
+        kinesis_sim::StreamOptions {
+            shards: 1,
+            max_record_size_kib: Some(10 * 1024),
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    // No rate limit and a long linger, so that the big record shares a request with others.
+    let p = build(
+        &sim,
+        builder("lowered")
+            .aggregation(false)
+            .rate_limiting(false)
+            .max_buffered_time(Duration::from_millis(500)),
+    )
+    .await;
+    assert!(
+        p.max_record_size() > 2 << 20,
+        "the producer read the 10 MiB limit"
+    );
+    sim.set_max_record_size_kib("lowered", 1024)
+        .expect("lower the limit");
+    let small: Vec<UserRecord> = (0..5).map(|i| record(i, 5)).collect();
+    let big = UserRecord::new("big", vec![7u8; 2 << 20]);
+    let mut pending = Vec::new();
+    for r in small
+        .iter()
+        .take(2)
+        .chain([&big])
+        .chain(small.iter().skip(2))
+    {
+        pending.push((r.clone(), p.add(r.clone()).await.expect("accepted")));
+    }
+    let mut stored = Vec::new();
+    let mut refused_with_big = 0;
+    for (r, f) in pending {
+        match tokio::time::timeout(DEADLINE, f).await.expect("resolves") {
+            Ok(out) => {
+                let note = out.attempts[0].error_message.as_deref().unwrap_or("");
+                if note.starts_with("refused with its request because of another record") {
+                    refused_with_big += 1;
+                }
+                stored.push(r)
+            }
+            Err(e) => {
+                assert_eq!(r.partition_key, "big", "only the big record fails: {e}");
+                assert_eq!(e.code(), Some("ValidationException"), "{e}");
+                assert!(e.to_string().contains("1048576"), "{e}");
+            }
+        }
+    }
+    assert_eq!(stored, small, "every small record stored");
+    assert!(
+        refused_with_big > 0,
+        "no small record shared the big one's request: the case was not exercised"
+    );
+    let on_stream: Vec<Bytes> = sim
+        .records("lowered")
+        .into_iter()
+        .map(|s| Bytes::from(s.data))
+        .collect();
+    assert_eq!(on_stream.len(), 5);
+    for r in &small {
+        assert!(on_stream.contains(&r.data), "read back");
+    }
+    p.shutdown().await.expect("shutdown");
+}

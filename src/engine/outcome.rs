@@ -4,7 +4,8 @@
 //! a shard whose range does not hold some sub-records (the map was stale): those are re-sent,
 //! the only re-send after a success. A retryable failure puts records back at the front of
 //! their shard's queue, in order, and backs the shard off; a permanent one resolves them with
-//! the service's error. Every delivery goes through [`Engine::resolve`] or
+//! the service's error; a request refused for the sake of the records a validation error names
+//! fails those only and sends the others again. Every delivery goes through [`Engine::resolve`] or
 //! [`Engine::resolve_stored`], which release the records in the ledger first.
 
 use super::entry::{Entry, KRecord};
@@ -132,8 +133,23 @@ impl Engine {
             self.telemetry
                 .possible_duplicates(records.iter().map(|r| r.entries.len()).sum());
         }
+        // A validation error that names the records at fault refuses the request for their
+        // sake only: they fail, the others go again.
+        let culprits = if decision == Decision::Fail
+            && records.len() > 1
+            && error.code.as_deref() == Some("ValidationException")
+        {
+            let at = retry::invalid_record_positions(&error.message);
+            if at.last().is_some_and(|&i| i < records.len()) {
+                at
+            } else {
+                Vec::new()
+            }
+        } else {
+            Vec::new()
+        };
         let mut retry_entries = Vec::new();
-        for record in records {
+        for (i, record) in records.into_iter().enumerate() {
             self.returned(&record);
             if decision == (Decision::Retry { throttled: true }) {
                 if let Some(st) = self.shards.by_id(&record.shard) {
@@ -154,6 +170,19 @@ impl Engine {
                 }
                 continue;
             }
+            let (decision, attempt) = if culprits.is_empty() || culprits.binary_search(&i).is_ok() {
+                (decision, attempt)
+            } else {
+                let note = format!(
+                    "refused with its request because of another record: {}",
+                    error.message
+                );
+                let attempt = Attempt {
+                    error_message: Some(note.into()),
+                    ..attempt
+                };
+                (Decision::Retry { throttled: false }, attempt)
+            };
             let message = error.message.clone();
             self.on_failed(
                 record,

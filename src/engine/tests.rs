@@ -1190,3 +1190,54 @@ fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
     assert_eq!(sent[0].1.records.len(), 1, "one aggregate of the three");
     assert!(sent[0].1.records[0].data.len() > 3 * 10);
 }
+
+#[test]
+fn a_validation_error_naming_one_record_fails_that_record_only() {
+    let mut h = Harness::new(1, config());
+    let mut rxs: Vec<Rx> = ["a", "b", "c"]
+        .iter()
+        .map(|k| h.add_to(0, 1, k, "data"))
+        .collect();
+    h.advance(Duration::from_millis(100));
+    let (id, req) = h.poll().pop().unwrap();
+    assert_eq!(req.records.len(), 3);
+    let message = "1 validation error detected: Value 'java.nio.HeapByteBuffer[pos=0 lim=1048577 cap=1048577]' at 'records.2.member.data' failed to satisfy constraint: Member must have length less than or equal to 1048576";
+    let e = ClientError::service("ValidationException", message, 400);
+    h.engine.on_response(id, Err(e), h.now);
+    match outcome(&mut rxs[1]) {
+        Err(RecordError::Rejected {
+            code, message: m, ..
+        }) => {
+            assert_eq!(&*code, "ValidationException");
+            assert_eq!(&*m, message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        pending(&mut rxs[0]) && pending(&mut rxs[2]),
+        "the others go again"
+    );
+    let (id, req) = h.poll().pop().expect("the other two, sent again at once");
+    assert_eq!(req.records.len(), 2);
+    h.ok_all(id, &req, 1);
+    for i in [0, 2] {
+        let out = outcome(&mut rxs[i]).unwrap();
+        assert_eq!(out.attempts.len(), 2);
+        let note = out.attempts[0].error_message.as_deref().unwrap();
+        assert!(
+            note.starts_with("refused with its request because of another record"),
+            "{note}"
+        );
+    }
+    // A validation error that names no record (or one the request does not have) fails all.
+    let mut more: Vec<Rx> = ["d", "e"].iter().map(|k| h.add_to(0, 1, k, "x")).collect();
+    h.advance(Duration::from_millis(100));
+    let (id, _) = h.poll().pop().unwrap();
+    let e = ClientError::service(
+        "ValidationException",
+        "at 'records.7.member.data' failed",
+        400,
+    );
+    h.engine.on_response(id, Err(e), h.now);
+    assert!(more.iter_mut().all(|rx| outcome(rx).is_err()));
+}
