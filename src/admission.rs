@@ -168,6 +168,10 @@ mod tests {
             a.tick((10, 1_000), t0 + TICK * i);
         }
         assert_eq!(a.cap(), (15_000, 15 * 1048576));
+        // Many small records held, but fewer bytes than drained: no backlog of bytes.
+        a.on_drained(50, 5_000);
+        a.tick((10_000, 1_000), t0 + TICK * 6);
+        assert_eq!(a.cap(), (15_000, 15 * 1048576));
         // A tick cut short measures nothing either.
         a.on_drained(1, 1);
         a.tick(
