@@ -12,7 +12,8 @@ pub const DEFAULT_AGGREGATION_MAX_SIZE: usize = 51_200;
 pub const DEFAULT_AGGREGATION_MAX_COUNT: usize = 4_294_967_295;
 /// Records per PutRecords request (the API limit).
 pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = MAX_RECORDS_PER_REQUEST;
-/// Default request byte limit (data + partition keys): 5 MiB.
+/// Request byte limit (data + partition keys) on a stream whose records are at most 1 MiB, when
+/// `max_request_bytes` is not set: 5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 /// Default longest time a record waits to be batched.
 pub const DEFAULT_MAX_BUFFERED_TIME: Duration = Duration::from_millis(100);
@@ -92,8 +93,10 @@ pub struct ProducerConfig {
     pub aggregation_max_count: usize,
     /// Most Kinesis records per request (1..=500).
     pub max_records_per_request: usize,
-    /// Most bytes (data + partition keys) per request (up to 10 MiB).
-    pub max_request_bytes: usize,
+    /// Most bytes (data + partition keys) per request (up to 10 MiB). `None` follows the
+    /// service: 10 MiB where the stream allows records over 1 MiB (`MaxRecordSizeInKiB`), 5 MiB
+    /// ([`DEFAULT_MAX_REQUEST_BYTES`]) elsewhere.
+    pub max_request_bytes: Option<usize>,
     /// Longest a record waits for a batch before it is sent.
     pub max_buffered_time: Duration,
     /// Time-to-live of a record, from `add` to the last retry.
@@ -134,7 +137,7 @@ impl Default for ProducerConfig {
             aggregation_max_size: DEFAULT_AGGREGATION_MAX_SIZE,
             aggregation_max_count: DEFAULT_AGGREGATION_MAX_COUNT,
             max_records_per_request: DEFAULT_MAX_RECORDS_PER_REQUEST,
-            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_request_bytes: None,
             max_buffered_time: DEFAULT_MAX_BUFFERED_TIME,
             record_ttl: DEFAULT_RECORD_TTL,
             rate_limit_percent: DEFAULT_RATE_LIMIT_PERCENT,
@@ -192,14 +195,19 @@ impl ProducerConfig {
                 "1 to 500 (PutRecords limit)",
             ));
         }
-        if !(1..=MAX_REQUEST_BYTES).contains(&self.max_request_bytes) {
+        if let Some(bytes) = self
+            .max_request_bytes
+            .filter(|b| !(1..=MAX_REQUEST_BYTES).contains(b))
+        {
             return Err(out_of_range(
                 "max_request_bytes",
-                self.max_request_bytes,
+                bytes,
                 "1 to 10485760 bytes (10 MiB)",
             ));
         }
-        if self.aggregation && self.aggregation_max_size > self.max_request_bytes {
+        if self.aggregation
+            && self.aggregation_max_size > self.max_request_bytes.unwrap_or(MAX_REQUEST_BYTES)
+        {
             return Err(out_of_range(
                 "aggregation_max_size",
                 self.aggregation_max_size,
@@ -244,6 +252,19 @@ impl ProducerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The request byte limit in force on a stream whose records may be `stream_record_limit`
+    /// bytes: `max_request_bytes` if set, else what the service allows (10 MiB where records
+    /// may exceed 1 MiB, [`DEFAULT_MAX_REQUEST_BYTES`] elsewhere).
+    pub fn request_bytes_for(&self, stream_record_limit: usize) -> usize {
+        self.max_request_bytes.unwrap_or(
+            if stream_record_limit > crate::limits::DEFAULT_RECORD_SIZE_LIMIT {
+                MAX_REQUEST_BYTES
+            } else {
+                DEFAULT_MAX_REQUEST_BYTES
+            },
+        )
     }
 
     /// Checks the settings that depend on the stream's record size limit.
@@ -298,7 +319,7 @@ mod tests {
             (
                 "max_request_bytes",
                 ProducerConfig {
-                    max_request_bytes: MAX_REQUEST_BYTES + 1,
+                    max_request_bytes: Some(MAX_REQUEST_BYTES + 1),
                     ..valid()
                 },
             ),

@@ -51,6 +51,37 @@ impl AddError {
     }
 }
 
+/// Where the record size limit in force comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecordLimitFrom {
+    /// The stream's `MaxRecordSizeInKiB`, as `DescribeStreamSummary` reported it.
+    Stream {
+        /// The stream's limit in KiB (1,024 to 10,240).
+        kib: u16,
+    },
+    /// The API's default of 1 MiB: the service did not report `MaxRecordSizeInKiB`.
+    ApiDefault,
+    /// `max_request_bytes`, below the stream's limit: a record must fit in one request.
+    MaxRequestBytes,
+}
+
+impl std::fmt::Display for RecordLimitFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordLimitFrom::Stream { kib } => {
+                write!(f, "the stream's MaxRecordSizeInKiB of {kib}")
+            }
+            RecordLimitFrom::ApiDefault => f.write_str(
+                "the API's default of 1 MiB: the service did not report MaxRecordSizeInKiB",
+            ),
+            RecordLimitFrom::MaxRequestBytes => {
+                f.write_str("max_request_bytes: a record must fit in one request")
+            }
+        }
+    }
+}
+
 /// A record breaks one of the Kinesis limits. Each variant names the field, its size and the limit.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -74,17 +105,19 @@ pub enum ValidationError {
         /// Why.
         reason: crate::hash_key::ExplicitHashKeyError,
     },
-    /// Data plus partition key exceed the stream's maximum record size.
-    #[error("record size (data {data_bytes} + partition_key {key_bytes} bytes = {size} bytes) exceeds the stream's record limit of {limit} bytes")]
+    /// Data plus partition key exceed the record size limit in force.
+    #[error("record size (data {data_bytes} + partition_key {key_bytes} bytes = {size} bytes) exceeds the record limit of {limit} bytes ({limit_from})")]
     RecordTooLarge {
         /// Data bytes.
         data_bytes: usize,
         /// Partition key bytes (UTF-8).
-        key_bytes: usize,
+        key_bytes: u16,
         /// The sum.
         size: usize,
-        /// The stream's limit.
+        /// The limit in force.
         limit: usize,
+        /// Where the limit comes from.
+        limit_from: RecordLimitFrom,
     },
     /// The record alone exceeds `max_buffered_bytes`, so it could never be buffered.
     #[error("record size {size} bytes exceeds max_buffered_bytes {limit}")]

@@ -51,7 +51,7 @@ pub mod stats;
 
 pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
 pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
-pub use error::{AddError, BuildError, ConfigError, RecordError, ValidationError};
+pub use error::{AddError, BuildError, ConfigError, RecordError, RecordLimitFrom, ValidationError};
 pub use hash_key::HashKey;
 pub use kinesis::{Kinesis, SdkKinesis};
 pub use limits::MAX_PARTITION_KEY_CHARS;

@@ -560,19 +560,27 @@ async fn large_records(kind: Emulator) {
             .expect("a record at the limit is accepted");
         match p.add(over).await {
             Err(AddError::Invalid {
-                error: ValidationError::RecordTooLarge { size, limit: l, .. },
+                error:
+                    error @ ValidationError::RecordTooLarge {
+                        size,
+                        limit: l,
+                        limit_from,
+                        ..
+                    },
                 record,
             }) => {
                 assert_eq!((size, l), (limit + 1, limit));
-                let msg = ValidationError::RecordTooLarge {
-                    data_bytes: record.data.len(),
-                    key_bytes: key.len(),
-                    size,
-                    limit: l,
-                }
-                .to_string();
+                assert_eq!(
+                    record.data.len(),
+                    limit - key.len() + 1,
+                    "the record comes back"
+                );
+                // The message the producer gave: the size, the limit and where it comes from.
+                let msg = error.to_string();
                 assert!(
-                    msg.contains(&(limit + 1).to_string()) && msg.contains(&limit.to_string()),
+                    msg.contains(&(limit + 1).to_string())
+                        && msg.contains(&limit.to_string())
+                        && msg.contains(&limit_from.to_string()),
                     "{msg}"
                 );
             }

@@ -513,3 +513,67 @@ async fn a_record_over_a_lowered_limit_fails_alone() {
     }
     p.shutdown().await.expect("shutdown");
 }
+
+/// Large records end to end on a stream that allows them: with `max_request_bytes` unset, the
+/// producer follows the service (10 MiB requests where the stream's records may exceed 1 MiB),
+/// and records of 0.5 to 9.9 MiB are stored and read back intact. A record over the limit is
+/// refused at `add` with the limit and where it comes from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_up_to_the_streams_10_mib_limit_are_stored_whole() {
+    let sim = Simulator::start(SimConfig {
+        limits: kinesis_sim::RateLimits::unlimited(),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("start");
+    sim.create_stream_with(
+        "large",
+        kinesis_sim::StreamOptions {
+            shards: 2,
+            max_record_size_kib: Some(10 * 1024),
+            ..Default::default()
+        },
+    )
+    .expect("create");
+    let p = build(&sim, builder("large").rate_limiting(false)).await;
+    assert_eq!(p.max_record_size(), 10 << 20);
+    let mib = 1 << 20;
+    let sizes = [mib / 2, 3 * mib, 49 * mib / 10, 7 * mib, 99 * mib / 10];
+    let records: Vec<UserRecord> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| UserRecord::new(format!("line-{i}"), vec![i as u8 + 1; n - 6]))
+        .collect();
+    let mut pending = Vec::new();
+    for r in &records {
+        pending.push(p.add(r.clone()).await.expect("accepted"));
+    }
+    for f in pending {
+        tokio::time::timeout(DEADLINE, f)
+            .await
+            .expect("resolves")
+            .expect("stored");
+    }
+    let stored: HashMap<String, Bytes> = sim
+        .records("large")
+        .into_iter()
+        .map(|s| (s.partition_key, Bytes::from(s.data)))
+        .collect();
+    assert_eq!(stored.len(), 5);
+    for r in &records {
+        assert_eq!(
+            stored[&r.partition_key], r.data,
+            "{} read back intact",
+            r.partition_key
+        );
+    }
+    let over = UserRecord::new("k", vec![0u8; 10 << 20]);
+    let err = p.try_add(over).expect_err("one byte over").to_string();
+    assert!(
+        err.contains("10485761")
+            && err.contains("10485760")
+            && err.contains("MaxRecordSizeInKiB of 10240"),
+        "{err}"
+    );
+    p.shutdown().await.expect("shutdown");
+}

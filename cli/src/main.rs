@@ -225,6 +225,10 @@ pub struct SimArgs {
     /// Reshard the stream to --reshard-to shards this many milliseconds into the run.
     #[arg(long, value_name = "MS", requires = "reshard_to")]
     pub reshard_after_ms: Option<u64>,
+    /// The stream's record size limit in KiB (`MaxRecordSizeInKiB`, 1024-10240) [default:
+    /// 1024].
+    #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(1024..=10240))]
+    pub max_record_size_kib: Option<u32>,
     /// Shard count of the scheduled reshard.
     #[arg(long, value_name = "N", requires = "reshard_after_ms",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -259,6 +263,7 @@ impl SimArgs {
             "--competing-writer-share",
         );
         check(self.reshard_after_ms.is_some(), "--reshard-after-ms");
+        check(self.max_record_size_kib.is_some(), "--max-record-size-kib");
         v
     }
 }

@@ -175,6 +175,7 @@ pub async fn run(args: ProduceArgs) -> Result<Report, String> {
         stream: target.stream.clone(),
         target: target.description.clone(),
         aggregation: args.producer.aggregation == OnOff::On,
+        record_size_limit: producer.max_record_size(),
         ..Report::default()
     };
     let invalid = |report: &mut Report, line: u64, message: String| {

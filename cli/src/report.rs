@@ -145,6 +145,8 @@ pub struct Report {
     pub target: String,
     /// Whether aggregation was on.
     pub aggregation: bool,
+    /// The record size limit in force (data + partition key), from the stream.
+    pub record_size_limit: usize,
     /// Input lines (or generated records) turned into records or found invalid.
     pub records_read: u64,
     /// Lines that could not become records (unparsable, missing key, rejected by `add`).
@@ -265,6 +267,11 @@ impl Report {
             bytes(self.kinesis_bytes_put),
             thousands(self.requests),
             if self.aggregation { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            o,
+            "  record limit      {} (data + partition key)",
+            bytes(self.record_size_limit as u64)
         );
         let _ = writeln!(
             o,

@@ -120,7 +120,11 @@ async fn embedded(target: &TargetArgs, args: &SimArgs) -> Result<Target, String>
         .stream
         .clone()
         .unwrap_or_else(|| DEFAULT_STREAM.into());
-    sim.create_stream(&stream, shards)
+    let options = kinesis_sim::StreamOptions {
+        max_record_size_kib: args.max_record_size_kib,
+        ..kinesis_sim::StreamOptions::new(shards)
+    };
+    sim.create_stream_with(&stream, options)
         .map_err(|e| format!("cannot create stream {stream:?} in kinesis-sim: {e}"))?;
     let ms = Duration::from_millis;
     let faults = Faults {

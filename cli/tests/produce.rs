@@ -321,3 +321,36 @@ fn unreachable_endpoint_is_a_setup_error() {
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("error:"));
 }
+
+/// Five NDJSON lines of 0.5, 3, 4.9, 7 and 9.9 MiB into a stream whose records may be 10 MiB:
+/// all five are put (before, the two largest were refused at `add` against a 5 MiB cap and the
+/// others failed with them at the simulator).
+#[test]
+fn large_lines_on_a_stream_that_allows_them() {
+    let mib = 1usize << 20;
+    let mut input = Vec::new();
+    let mut total = 0u64;
+    for (i, size) in [mib / 2, 3 * mib, 49 * mib / 10, 7 * mib, 99 * mib / 10]
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = format!(r#"{{"k":"key{i}","pad":""#);
+        let line = format!("{prefix}{}\"}}", "x".repeat(size - prefix.len() - 2));
+        assert_eq!(line.len(), size);
+        total += (line.len() + format!("key{i}").len()) as u64;
+        input.extend_from_slice(line.as_bytes());
+        input.push(b'\n');
+    }
+    let input = file(&input);
+    let (code, report, stderr) = run_json(
+        kpl()
+            .args(["produce", "--format", "ndjson", "--key-field", "k"])
+            .args(["--max-record-size-kib", "10240", "--input"])
+            .arg(input.path()),
+    );
+    assert_eq!(code, 0, "{report}\n{stderr}");
+    assert_eq!(n(&report, "records_put"), 5, "{report}");
+    assert_eq!(n(&report, "record_size_limit"), 10 << 20);
+    assert_eq!(n(&report, "bytes_put"), total);
+    assert_consistent(&report);
+}

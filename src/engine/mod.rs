@@ -97,8 +97,10 @@ pub(crate) struct EngineSettings {
     pub shard_rate: Option<(f64, f64)>,
     /// `false` when the stream's record distribution is `AUTO`.
     pub predict: bool,
-    /// The stream's record size limit (data + partition key).
+    /// The record size limit in force (data + partition key).
     pub max_record_size: usize,
+    /// The request byte limit in force (data + partition keys).
+    pub request_bytes: usize,
     pub on_failure: Option<FailureCallback>,
 }
 
@@ -116,9 +118,8 @@ impl EngineSettings {
                 SHARD_BYTES_PER_SEC as f64 * pct,
             )),
             predict,
-            max_record_size: config
-                .max_request_bytes
-                .min(crate::limits::DEFAULT_RECORD_SIZE_LIMIT),
+            max_record_size: crate::limits::DEFAULT_RECORD_SIZE_LIMIT,
+            request_bytes: config.request_bytes_for(crate::limits::DEFAULT_RECORD_SIZE_LIMIT),
             on_failure: None,
         }
     }
@@ -162,7 +163,7 @@ impl Engine {
                 s.config.aggregation_max_size,
                 s.config.aggregation_max_count,
             ),
-            collector: Collector::new(s.config.max_records_per_request, s.config.max_request_bytes),
+            collector: Collector::new(s.config.max_records_per_request, s.request_bytes),
             refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
             shards: Shards::new(s.predict),
             outbox: VecDeque::new(),

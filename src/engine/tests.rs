@@ -214,7 +214,7 @@ fn full_request_goes_at_once_within_limits() {
 #[test]
 fn request_byte_limit() {
     let cfg = ProducerConfig {
-        max_request_bytes: 1000,
+        max_request_bytes: Some(1000),
         rate_limiting: false,
         ..config()
     };

@@ -6,7 +6,7 @@ use super::{FailureCallback, Inner, Producer};
 use crate::buffer::BufferGauge;
 use crate::config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 use crate::engine::{Engine, EngineSettings};
-use crate::error::{BuildError, RecordError};
+use crate::error::{BuildError, RecordError, RecordLimitFrom};
 use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, SdkKinesis};
 use crate::limits::DEFAULT_RECORD_SIZE_LIMIT;
 use crate::metrics::Metrics;
@@ -50,6 +50,13 @@ impl ProducerBuilder {
         self
     }
 
+    /// Most bytes per request, data + partition keys (at most 10 MiB). Unset, the producer
+    /// follows the service: 10 MiB where the stream allows records over 1 MiB, else 5 MiB.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes = Some(bytes);
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: ProducerConfig) -> Self {
         self.config = config;
@@ -65,8 +72,6 @@ impl ProducerBuilder {
         aggregation_max_count: usize;
         /// Most Kinesis records per PutRecords request (1..=500).
         max_records_per_request: usize;
-        /// Most bytes per request, data + partition keys (default 5 MiB, at most 10 MiB).
-        max_request_bytes: usize;
         /// Longest a record waits to be batched (default 100 ms).
         max_buffered_time: Duration;
         /// Time-to-live of a record, retries included (default 30 s).
@@ -151,10 +156,19 @@ impl ProducerBuilder {
                 ),
             });
         }
-        let max_record_size = summary
+        let stream_limit = summary
             .max_record_size_kib
-            .map_or(DEFAULT_RECORD_SIZE_LIMIT, |k| k as usize * 1024)
-            .min(config.max_request_bytes);
+            .map_or(DEFAULT_RECORD_SIZE_LIMIT, |k| k as usize * 1024);
+        let request_bytes = config.request_bytes_for(stream_limit);
+        // A record must also fit in a request.
+        let (max_record_size, record_limit_from) = if request_bytes < stream_limit {
+            (request_bytes, RecordLimitFrom::MaxRequestBytes)
+        } else if let Some(kib) = summary.max_record_size_kib {
+            let kib = u16::try_from(kib).unwrap_or(u16::MAX);
+            (stream_limit, RecordLimitFrom::Stream { kib })
+        } else {
+            (stream_limit, RecordLimitFrom::ApiDefault)
+        };
         config.validate_for_stream(max_record_size)?;
 
         let now = Instant::now();
@@ -167,6 +181,7 @@ impl ProducerBuilder {
         let mut settings = EngineSettings::new(&config, stream.clone(), !summary.auto_distribution);
         settings.on_failure = self.on_failure;
         settings.max_record_size = max_record_size;
+        settings.request_bytes = request_bytes;
         let engine = Engine::new(settings, map, gauge.clone(), stats.clone(), metrics, now);
         let tx = Driver::spawn(engine, kinesis, runtime, timeout, stream.clone()).map_err(|e| {
             BuildError::Kinesis {
@@ -182,6 +197,7 @@ impl ProducerBuilder {
                 stats,
                 closed: AtomicBool::new(false),
                 max_record_size,
+                record_limit_from,
                 record_ttl: config.record_ttl,
                 stream,
             }),

@@ -33,7 +33,7 @@ pub use builder::ProducerBuilder;
 use crate::buffer::BufferGauge;
 use crate::config::StreamRef;
 use crate::engine::{Entry, Reply};
-use crate::error::{AddError, RecordError, ValidationError};
+use crate::error::{AddError, RecordError, RecordLimitFrom, ValidationError};
 use crate::hash_key::HashKey;
 use crate::limits::MAX_PARTITION_KEY_CHARS;
 use crate::record::{PutOutcome, UserRecord};
@@ -68,6 +68,8 @@ struct Inner {
     stats: Arc<SharedStats>,
     closed: AtomicBool,
     max_record_size: usize,
+    /// Where the record limit comes from, for errors.
+    record_limit_from: RecordLimitFrom,
     record_ttl: Duration,
     stream: StreamRef,
 }
@@ -122,6 +124,7 @@ impl Producer {
         match validate(
             &record,
             self.inner.max_record_size,
+            self.inner.record_limit_from,
             self.inner.gauge.max_bytes,
         ) {
             Ok(hash_key) => Ok(Entry::new(
@@ -234,6 +237,7 @@ impl Producer {
 pub(crate) fn validate(
     record: &UserRecord,
     max_record_size: usize,
+    record_limit_from: RecordLimitFrom,
     max_buffered_bytes: usize,
 ) -> Result<HashKey, ValidationError> {
     let key = &record.partition_key;
@@ -254,9 +258,11 @@ pub(crate) fn validate(
     if size > max_record_size {
         return Err(ValidationError::RecordTooLarge {
             data_bytes: record.data.len(),
-            key_bytes: key.len(),
+            // At most 256 characters of at most 4 bytes: checked above.
+            key_bytes: key.len() as u16,
             size,
             limit: max_record_size,
+            limit_from: record_limit_from,
         });
     }
     if size > max_buffered_bytes {
@@ -289,7 +295,7 @@ mod tests {
 
     #[test]
     fn validation_names_field_size_and_limit() {
-        let v = |r: &UserRecord| validate(r, 1 << 20, 64 << 20);
+        let v = |r: &UserRecord| validate(r, 1 << 20, RecordLimitFrom::ApiDefault, 64 << 20);
         assert_eq!(
             v(&UserRecord::new("", "x")),
             Err(ValidationError::PartitionKeyEmpty)
@@ -330,7 +336,12 @@ mod tests {
             .with_explicit_hash_key("340282366920938463463374607431768211455");
         assert_eq!(v(&r), Ok(HashKey(u128::MAX)));
         assert!(matches!(
-            validate(&UserRecord::new("k", vec![0u8; 100]), 1 << 20, 50),
+            validate(
+                &UserRecord::new("k", vec![0u8; 100]),
+                1 << 20,
+                RecordLimitFrom::ApiDefault,
+                50
+            ),
             Err(ValidationError::LargerThanBuffer {
                 size: 101,
                 limit: 50
