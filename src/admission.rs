@@ -199,6 +199,20 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_is_what_drained_over_the_ticks_length() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(TTL, MAX, 1 << 20, t0);
+        // 4,000 records and 4 MB over two seconds: 2,000/s and 2 MB/s.
+        a.on_drained(4_000, 4_000_000);
+        a.tick((100_000, 100_000_000), t0 + TICK * 2);
+        assert_eq!(a.cap(), (30_000, 30_000_000));
+        // Holding exactly what drained is no backlog: the estimate stays.
+        a.on_drained(100, 100);
+        a.tick((100, 100), t0 + TICK * 3);
+        assert_eq!(a.cap(), (30_000, 30_000_000));
+    }
+
+    #[test]
     fn the_floor_is_a_thousand_records_and_a_mib_even_for_small_records() {
         let t0 = Instant::now();
         let mut a = Admission::new(TTL, MAX, 100, t0);
