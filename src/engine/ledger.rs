@@ -81,8 +81,8 @@ impl Ledger {
     }
 
     /// Records leave (their results are about to be delivered): they stop counting and their
-    /// buffer room goes back to `add`, once for the lot.
-    pub fn release<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) {
+    /// buffer room goes back to `add`, once for the lot. Returns how many records and bytes.
+    pub fn release<'a>(&mut self, entries: impl IntoIterator<Item = &'a Entry>) -> (usize, usize) {
         let (mut n, mut bytes) = (0, 0);
         for e in entries {
             n += 1;
@@ -101,6 +101,7 @@ impl Ledger {
         }
         self.gauge.release(n - keep.0, bytes - keep.1);
         self.publish();
+        (n, bytes)
     }
 
     /// The admission cap in force: the room `add` may use, records and bytes. Room above it is

@@ -273,10 +273,9 @@ impl Engine {
         } = stored;
         // Buffer room, stats and metrics once per Kinesis record rather than once per user
         // record, before any future resolves (as `resolve` does).
-        self.ledger.release(&entries);
-        self.admission
-            .on_drained(entries.len(), entries.iter().map(Entry::size).sum());
-        self.telemetry.put(entries.len());
+        let (n, bytes) = self.ledger.release(&entries);
+        self.admission.on_drained(n, bytes);
+        self.telemetry.put(n);
         for (i, mut e) in entries.into_iter().enumerate() {
             // Fire-and-forget records have no future: no outcome to build.
             if let Some(reply) = e.reply.take() {
