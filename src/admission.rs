@@ -210,6 +210,10 @@ mod tests {
         a.on_drained(100, 100);
         a.tick((100, 100), t0 + TICK * 3);
         assert_eq!(a.cap(), (30_000, 30_000_000));
+        // A new measurement moves the estimate half way: 2,000/s then 4,000/s gives 3,000/s.
+        a.on_drained(4_000, 4_000_000);
+        a.tick((100_000, 100_000_000), t0 + TICK * 4);
+        assert_eq!(a.cap(), (45_000, 45_000_000));
     }
 
     #[test]
