@@ -21,7 +21,7 @@ pub const DEFAULT_ACCOUNT_ID: &str = "123456789012";
 /// Region used in ARNs.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
-/// Per-shard write-rate enforcement (token bucket per shard, capacity one second of rate).
+/// Per-shard write-rate enforcement: records and bytes per second, counted as `model` says.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
     /// When false no record is ever throttled (for CPU benchmarks).
@@ -30,6 +30,37 @@ pub struct RateLimits {
     pub records_per_sec: u32,
     /// Bytes (data + partition key) per second per shard.
     pub bytes_per_sec: u64,
+    /// How the per-second limits are counted.
+    pub model: ThrottleModel,
+}
+
+/// How a shard's per-second limits are counted (see `docs/compatibility.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ThrottleModel {
+    /// A token bucket holding one second of rate, refilled continuously (the default): after
+    /// an idle second a shard takes one second's budget at once, then the rate.
+    #[default]
+    TokenBucket,
+    /// Fixed one-second windows: each window takes up to one second's budget, in any pattern,
+    /// and nothing more until the next window starts (up to twice the budget across a
+    /// window boundary).
+    SecondWindows,
+}
+
+impl ThrottleModel {
+    /// The name used by the `kinesis-sim` flag: `bucket` or `window`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ThrottleModel::TokenBucket => "bucket",
+            ThrottleModel::SecondWindows => "window",
+        }
+    }
+    /// Parses `bucket` or `window`.
+    pub fn parse(s: &str) -> Option<Self> {
+        [ThrottleModel::TokenBucket, ThrottleModel::SecondWindows]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
 }
 
 impl Default for RateLimits {
@@ -38,6 +69,7 @@ impl Default for RateLimits {
             enabled: true,
             records_per_sec: DEFAULT_SHARD_RECORDS_PER_SEC,
             bytes_per_sec: DEFAULT_SHARD_BYTES_PER_SEC,
+            model: ThrottleModel::TokenBucket,
         }
     }
 }

@@ -55,7 +55,8 @@
 //!   records and 10 MiB of data and keys.
 //! * Sequence numbers: 56 decimal digits, unique per stream, increasing per shard.
 //! * Limits: a token bucket per shard (records and data+key bytes, capacity one second of
-//!   rate, continuous refill); an over-budget record fails with
+//!   rate, continuous refill), or fixed one-second windows (`ThrottleModel`); an over-budget
+//!   record fails with
 //!   `ProvisionedThroughputExceededException` while the others in the request succeed.
 //! * Uniform resharding closes every open shard; a child's parent is the old shard holding its
 //!   first hash key and its adjacent parent the one holding its last key (a child that spans
@@ -74,7 +75,7 @@ mod state;
 
 pub use config::{
     Faults, RateLimits, RecordDistribution, SimConfig, StreamMode, StreamOptions, StreamSettings,
-    Transitions,
+    ThrottleModel, Transitions,
 };
 pub use server::{Simulator, TARGET_PREFIX};
 pub use state::{

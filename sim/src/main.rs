@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use kinesis_sim::{Faults, RateLimits, SimConfig, Simulator, Transitions};
+use kinesis_sim::{Faults, RateLimits, SimConfig, Simulator, ThrottleModel, Transitions};
 
 /// A simulated Amazon Kinesis Data Streams endpoint (awsJson1.1 over HTTP).
 #[derive(Debug, Parser)]
@@ -27,6 +27,10 @@ struct Args {
     /// Per-shard bytes per second.
     #[arg(long, default_value_t = 1_048_576)]
     shard_bytes_per_sec: u64,
+    /// How per-shard limits are counted: `bucket` (a token bucket holding one second of rate,
+    /// refilled continuously) or `window` (fixed one-second windows).
+    #[arg(long, default_value = "bucket", value_parser = parse_model)]
+    throttle_model: ThrottleModel,
     /// Do not keep record payloads (flat memory for long benchmarks).
     #[arg(long)]
     no_store: bool,
@@ -62,6 +66,10 @@ struct Args {
     deleting_ms: u64,
 }
 
+fn parse_model(s: &str) -> Result<ThrottleModel, String> {
+    ThrottleModel::parse(s).ok_or_else(|| format!("expected bucket or window, got {s}"))
+}
+
 fn parse_stream(s: &str) -> Result<(String, u32), String> {
     let (name, n) = s
         .rsplit_once(':')
@@ -80,6 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         enabled: !a.no_limits,
         records_per_sec: a.shard_records_per_sec,
         bytes_per_sec: a.shard_bytes_per_sec,
+        model: a.throttle_model,
     };
     let cfg = SimConfig {
         port: a.port,

@@ -410,6 +410,7 @@ async fn limits_can_be_switched_off_and_changed() {
                 enabled: true,
                 records_per_sec: 10,
                 bytes_per_sec: 1 << 20,
+                ..RateLimits::default()
             }),
             ..StreamOptions::new(1)
         },

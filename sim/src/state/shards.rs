@@ -2,10 +2,10 @@
 //! search routing), stored records, per-shard token buckets, and resharding (uniform
 //! rescaling, split, merge) with AWS parent links.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::view::{sequence_number, shard_id, ShardCounters, ShardSnapshot};
-use crate::config::RateLimits;
+use crate::config::{RateLimits, ThrottleModel};
 use crate::hash::uniform_range;
 
 #[derive(Debug)]
@@ -17,12 +17,15 @@ pub(crate) struct Rec {
     pub arrival: SystemTime,
 }
 
-/// Token bucket of one shard: records and bytes, capacity one second of rate.
+/// Budget of one shard: records and bytes, a token bucket holding one second of rate or
+/// fixed one-second windows (`RateLimits::model`).
 #[derive(Debug)]
 struct Bucket {
     records: f64,
     bytes: f64,
     last: Instant,
+    /// Start of the current one-second window (`SecondWindows`).
+    window: Instant,
 }
 
 impl Bucket {
@@ -31,19 +34,34 @@ impl Bucket {
             records: f64::from(limits.records_per_sec),
             bytes: limits.bytes_per_sec as f64,
             last: now,
+            window: now,
         }
     }
 
     /// Takes one record of `size` bytes if the budget allows. A record larger than the
-    /// whole byte capacity is admitted when the bucket is full (it then runs into debt).
+    /// whole byte budget is admitted when the budget is whole (it then runs into debt).
     fn try_take(&mut self, limits: &RateLimits, share: f64, size: u64, now: Instant) -> bool {
         let keep = (1.0 - share).clamp(0.0, 1.0);
         let rec_rate = f64::from(limits.records_per_sec) * keep;
         let byte_rate = limits.bytes_per_sec as f64 * keep;
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.records = (self.records + dt * rec_rate).min(rec_rate);
-        self.bytes = (self.bytes + dt * byte_rate).min(byte_rate);
+        match limits.model {
+            ThrottleModel::TokenBucket => {
+                let dt = now.saturating_duration_since(self.last).as_secs_f64();
+                self.last = now;
+                self.records = (self.records + dt * rec_rate).min(rec_rate);
+                self.bytes = (self.bytes + dt * byte_rate).min(byte_rate);
+            }
+            ThrottleModel::SecondWindows => {
+                let second = Duration::from_secs(1);
+                if now.saturating_duration_since(self.window) >= second {
+                    let elapsed = now.saturating_duration_since(self.window).as_secs();
+                    self.window += second * elapsed as u32;
+                    // A new window: the budget is whole again, less any debt.
+                    self.records = rec_rate.min(self.records + rec_rate);
+                    self.bytes = byte_rate.min(self.bytes + byte_rate);
+                }
+            }
+        }
         let size = size as f64;
         if self.records >= 1.0 && self.bytes >= size.min(byte_rate).max(f64::MIN_POSITIVE) {
             self.records -= 1.0;
@@ -416,6 +434,46 @@ mod tests {
             .filter(|r| matches!(r, PutResult::Stored { .. }))
             .count();
         assert_eq!(ok, 500);
+    }
+
+    #[test]
+    fn second_windows_admit_one_second_of_records_per_window() {
+        let limits = RateLimits {
+            model: ThrottleModel::SecondWindows,
+            ..RateLimits::default()
+        };
+        let mut st = StreamState::new(1, limits, false);
+        let t0 = Instant::now();
+        let stored = |res: Vec<PutResult>| {
+            res.iter()
+                .filter(|r| matches!(r, PutResult::Stored { .. }))
+                .count()
+        };
+        // Late in the first window, the whole budget at once.
+        let late = t0 + std::time::Duration::from_millis(900);
+        assert_eq!(
+            stored(st.put((0..1500).map(|_| entry(5)).collect(), late)),
+            1000
+        );
+        // Half a second later, no refill within the window... but a new window has begun.
+        let next = t0 + std::time::Duration::from_millis(1000);
+        assert_eq!(
+            stored(st.put((0..1500).map(|_| entry(5)).collect(), next)),
+            1000
+        );
+        let same = t0 + std::time::Duration::from_millis(1999);
+        assert_eq!(stored(st.put((0..10).map(|_| entry(5)).collect(), same)), 0);
+        // The token bucket: 100 ms after emptying it, 100 records.
+        let mut st = StreamState::new(1, RateLimits::default(), false);
+        assert_eq!(
+            stored(st.put((0..1500).map(|_| entry(5)).collect(), late)),
+            1000
+        );
+        let soon = late + std::time::Duration::from_millis(100);
+        assert_eq!(
+            stored(st.put((0..1500).map(|_| entry(5)).collect(), soon)),
+            100
+        );
     }
 
     #[test]
