@@ -157,6 +157,29 @@ mod tests {
         assert_eq!((g.records_held(), g.bytes_held()), (0, 0));
     }
 
+    #[test]
+    fn take_free_takes_only_what_is_free_and_room_reports_it_withheld() {
+        let g = BufferGauge::new(10, 1_000);
+        assert!(g.try_acquire(300));
+        assert_eq!(g.room(), (9, 700, 0, 0));
+        // Asks for more than is free: gets what is free.
+        assert_eq!(g.take_free(20, 500), (9, 500));
+        g.set_withheld(9, 500);
+        assert_eq!(g.room(), (0, 200, 9, 500));
+        assert_eq!(
+            (g.records_held(), g.bytes_held()),
+            (1, 300),
+            "withheld room is not held by records"
+        );
+        assert!(!g.try_acquire(1), "no record room left for add");
+        assert_eq!(g.take_free(0, 0), (0, 0));
+        assert_eq!(g.take_free(5, 0), (0, 0), "nothing free to take");
+        // Giving it back: free first, then no longer withheld.
+        g.release(9, 500);
+        g.set_withheld(0, 0);
+        assert_eq!(g.room(), (9, 700, 0, 0));
+    }
+
     #[tokio::test]
     async fn acquire_waits_for_release() {
         let g = std::sync::Arc::new(BufferGauge::new(1, 10));
