@@ -3,25 +3,16 @@
 //! `HasMoreShards`), ListStreams (`Limit`, `HasMoreStreams`, `NextToken`) — and a
 //! 10,000-shard stream served without per-request work proportional to its size.
 
+mod support;
+
+use support::client;
+
 use std::time::Instant;
 
-use aws_sdk_kinesis::config::{Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use aws_sdk_kinesis::Client;
 use kinesis_sim::hash::uniform_range;
 use kinesis_sim::{shard_id, RateLimits, SimConfig, Simulator};
-
-fn client(endpoint: &str) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .endpoint_url(endpoint)
-        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_shards_pages_a_10000_shard_stream() {

@@ -2,22 +2,14 @@
 //! (TRIM_HORIZON, LATEST, AT_TIMESTAMP, AT/AFTER_SEQUENCE_NUMBER), `Limit`, and the 10 MiB
 //! cap of one GetRecords answer.
 
-use aws_sdk_kinesis::config::{Credentials, Region};
+mod support;
+
+use support::client;
+
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
 use aws_sdk_kinesis::types::ShardIteratorType;
 use aws_sdk_kinesis::Client;
 use kinesis_sim::{RateLimits, SimConfig, Simulator, StreamOptions};
-
-fn client(endpoint: &str) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .endpoint_url(endpoint)
-        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
 
 async fn iterator(
     c: &Client,

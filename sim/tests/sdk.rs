@@ -1,8 +1,11 @@
 //! kinesis-sim driven by the unmodified aws-sdk-kinesis over real HTTP.
 
+mod support;
+
+use support::client;
+
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::config::{Credentials, Region};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{
     PutRecordsRequestEntry, ScalingType, ShardFilter, ShardFilterType, ShardIteratorType,
@@ -10,17 +13,6 @@ use aws_sdk_kinesis::types::{
 use aws_sdk_kinesis::Client;
 use kinesis_sim::hash::{partition_key_hash, uniform_range, MAX_HASH_KEY};
 use kinesis_sim::{Faults, RateLimits, SimConfig, Simulator, StreamOptions};
-
-fn client(endpoint: &str) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .endpoint_url(endpoint)
-        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
 
 async fn sim() -> (Simulator, Client) {
     let sim = Simulator::start(SimConfig::default()).await.unwrap();

@@ -2,9 +2,12 @@
 //! the stream status transitions, driven by the unmodified aws-sdk-kinesis over real HTTP
 //! and through the in-process handle.
 
+mod support;
+
+use support::client;
+
 use std::time::Duration;
 
-use aws_sdk_kinesis::config::{Credentials, Region};
 use aws_sdk_kinesis::error::ProvideErrorMetadata;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{
@@ -14,17 +17,6 @@ use aws_sdk_kinesis::Client;
 use kinesis_sim::{
     RecordDistribution, SimConfig, SimError, Simulator, StreamSettings, Transitions,
 };
-
-fn client(endpoint: &str) -> Client {
-    let conf = aws_sdk_kinesis::Config::builder()
-        .behavior_version_latest()
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("AKID", "SECRET", None, None, "test"))
-        .endpoint_url(endpoint)
-        .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
-        .build();
-    Client::from_conf(conf)
-}
 
 fn mode(m: StreamMode) -> StreamModeDetails {
     StreamModeDetails::builder().stream_mode(m).build().unwrap()
