@@ -158,6 +158,21 @@ mod tests {
     }
 
     #[test]
+    fn counts_what_waits() {
+        let t = Instant::now();
+        let mut c = Collector::new(3, 100);
+        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
+        assert!(c.push(1, 10, t, t).is_none());
+        assert!(c.push(2, 10, t, t).is_none());
+        assert!(!c.is_empty());
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.take().records, vec![1, 2]);
+        assert!(c.is_empty());
+        assert_eq!(c.len(), 0);
+    }
+
+    #[test]
     fn due_by_age_or_flush() {
         let t = Instant::now();
         let mbt = Duration::from_millis(100);

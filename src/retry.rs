@@ -236,6 +236,12 @@ mod tests {
             (Some("KMSDisabledException"), Some(400), Decision::Fail),
             (Some("ExpiredTokenException"), Some(400), retry),
             (None, Some(413), Decision::Fail),
+            // A permanent code is final whatever the status (or with none)...
+            (Some("AccessDeniedException"), None, Decision::Fail),
+            (Some("ValidationException"), Some(500), Decision::Fail),
+            // ...while an unknown code falls back to the status.
+            (Some("SomeNewException"), Some(400), Decision::Fail),
+            (Some("SomeNewException"), Some(502), retry),
         ];
         for (code, status, want) in table {
             assert_eq!(classify_request(code, status), want, "{code:?} {status:?}");
