@@ -1,0 +1,190 @@
+//! Aggregation, stranded sub-records after a split, AUTO distribution.
+
+use super::*;
+
+#[test]
+fn aggregates_records_of_one_shard_and_reports_positions() {
+    let mut h = Harness::new(2, agg_config());
+    let mut rxs: Vec<Rx> = (0..5)
+        .map(|i| h.add_to(0, 2, &format!("k{i}"), "data"))
+        .collect();
+    let mut other = h.add_to(1, 2, "lonely", "x");
+    h.advance(Duration::from_millis(100));
+    let (id, req) = h.poll().pop().unwrap();
+    assert_eq!(
+        req.records.len(),
+        2,
+        "one aggregate for shard 0, one plain record for shard 1"
+    );
+    let agg = req
+        .records
+        .iter()
+        .find(|r| r.data.starts_with(&crate::aggregation::MAGIC))
+        .unwrap();
+    assert_eq!(agg.partition_key, "k0");
+    assert_eq!(
+        agg.explicit_hash_key.as_deref(),
+        Some("0"),
+        "outer hash key inside shard 0"
+    );
+    let plain = req
+        .records
+        .iter()
+        .find(|r| r.partition_key == "lonely")
+        .unwrap();
+    assert_eq!(&plain.data[..], b"x", "a single record is sent raw");
+    let subs = crate::aggregation::deaggregate(&agg.partition_key, None, agg.data.clone()).unwrap();
+    assert_eq!(subs.len(), 5);
+    h.ok_all(id, &req, 2);
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        let out = outcome(rx).unwrap();
+        assert_eq!(out.sub_sequence_number, Some(i as u64));
+    }
+    assert_eq!(outcome(&mut other).unwrap().sub_sequence_number, None);
+}
+
+#[test]
+fn aggregate_size_limit_is_exact() {
+    let cfg = ProducerConfig {
+        aggregation_max_size: 1_000,
+        ..agg_config()
+    };
+    let mut h = Harness::new(1, cfg);
+    for i in 0..50 {
+        h.add_to(0, 1, &format!("key-{i}"), &"x".repeat(90));
+    }
+    h.add_to(0, 1, "big", &"y".repeat(5_000)); // too large to share an aggregate
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll();
+    let records: Vec<&PutRecordsEntry> = sent.iter().flat_map(|(_, r)| &r.records).collect();
+    let mut subs = 0;
+    for r in &records {
+        if r.partition_key == "big" {
+            assert_eq!(r.data.len(), 5_000, "sent alone, raw");
+            continue;
+        }
+        assert!(r.data.len() + r.partition_key.len() <= 1_000);
+        subs += crate::aggregation::deaggregate(&r.partition_key, None, r.data.clone())
+            .unwrap()
+            .len();
+    }
+    assert_eq!(subs, 50);
+}
+
+#[test]
+fn stranded_sub_records_are_resent_after_a_split() {
+    let mut h = Harness::new(1, agg_config());
+    let half = 1u128 << 127;
+    let keys = [1u128, half - 1, half, u128::MAX];
+    let mut rxs: Vec<Rx> = keys
+        .iter()
+        .map(|&k| {
+            h.add(
+                UserRecord::new(format!("k{k}"), "d").with_explicit_hash_key(k.to_string()),
+                HashKey(k),
+            )
+        })
+        .collect();
+    h.advance(Duration::from_millis(100));
+    let (id, req) = h.poll().pop().unwrap();
+    assert_eq!(req.records.len(), 1, "one aggregate");
+    // the shard was split meanwhile: the aggregate (outer key 1) landed on the lower child,
+    // which the producer's map does not know yet
+    let child = PutRecordsResultEntry::Ok {
+        shard_id: "shardId-000000000001".into(),
+        sequence_number: "77".into(),
+    };
+    h.engine.on_response(id, Ok(vec![child]), h.now);
+    assert!(
+        pending(&mut rxs[0]),
+        "parked until the map says the child's range"
+    );
+    assert!(h.poll_refresh());
+    let split = vec![
+        ShardInfo {
+            id: "shardId-000000000000".into(),
+            start: 0,
+            end: u128::MAX,
+            open: false,
+        },
+        ShardInfo {
+            id: "shardId-000000000001".into(),
+            start: 0,
+            end: half - 1,
+            open: true,
+        },
+        ShardInfo {
+            id: "shardId-000000000002".into(),
+            start: half,
+            end: u128::MAX,
+            open: true,
+        },
+    ];
+    h.engine.on_shard_map(Ok(split), h.now);
+    for rx in &mut rxs[..2] {
+        let out = outcome(rx).unwrap();
+        assert_eq!(&*out.shard_id, "shardId-000000000001");
+    }
+    assert_eq!(
+        h.engine
+            .telemetry
+            .stats
+            .stranded_resent
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    h.advance(Duration::from_millis(100));
+    let (id, req) = h.poll_after_window().pop().unwrap();
+    assert_eq!(
+        req.records.len(),
+        1,
+        "the two stranded records, re-aggregated for the upper child"
+    );
+    let results = vec![PutRecordsResultEntry::Ok {
+        shard_id: "shardId-000000000002".into(),
+        sequence_number: "78".into(),
+    }];
+    h.engine.on_response(id, Ok(results), h.now);
+    for rx in &mut rxs[2..] {
+        let out = outcome(rx).unwrap();
+        assert_eq!(&*out.shard_id, "shardId-000000000002");
+        assert_eq!(out.attempts.len(), 2);
+        assert_eq!(out.attempts[0].error_code.as_deref(), Some(STRANDED_CODE));
+    }
+}
+
+#[test]
+fn auto_distribution_limits_stream_wide_and_never_predicts() {
+    // AUTO: the service ignores keys, so one stream-wide limiter of 4 shards' budget.
+    let cfg = ProducerConfig {
+        aggregation: true,
+        ..config()
+    };
+    let mut h = Harness::with_prediction(4, cfg, false);
+    assert_eq!(h.engine.shards.len(), 1);
+    assert!(!h.engine.s.aggregation, "aggregation is off under AUTO");
+    let mut rxs: Vec<Rx> = (0..5_000)
+        .map(|i| h.add_to(0, 4, &format!("k{i}"), "x"))
+        .collect();
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll();
+    let total: usize = sent.iter().map(|(_, r)| r.records.len()).sum();
+    assert_eq!(
+        total, 4_000,
+        "four shards' one-second burst, whatever the keys"
+    );
+    for (id, req) in &sent {
+        // stored anywhere: no misprediction
+        let results = req
+            .records
+            .iter()
+            .map(|_| PutRecordsResultEntry::Ok {
+                shard_id: "shardId-000000000003".into(),
+                sequence_number: "1".into(),
+            })
+            .collect();
+        h.engine.on_response(*id, Ok(results), h.now);
+    }
+    assert!(outcome(&mut rxs[0]).is_ok());
+    assert!(!h.poll_refresh(), "no refresh: nothing is predicted");
+}

@@ -1,0 +1,158 @@
+//! Batching and limits: linger, request size, per-shard limiter, in-flight limit, flush, shutdown.
+
+use super::*;
+
+#[test]
+fn batches_until_max_buffered_time() {
+    let mut h = Harness::new(4, config());
+    let mut rxs: Vec<Rx> = (0..10)
+        .map(|i| h.add_to(i % 4, 4, &format!("k{i}"), "data"))
+        .collect();
+    assert!(h.poll().is_empty(), "nothing is due yet");
+    assert_eq!(
+        h.engine.next_deadline(),
+        Some(h.now + Duration::from_millis(100))
+    );
+    h.advance(Duration::from_millis(99));
+    assert!(h.poll().is_empty());
+    h.advance(MS);
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.records.len(), 10);
+    h.ok_all(sent[0].0, &sent[0].1.clone(), 4);
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        let out = outcome(rx).expect("stored");
+        assert_eq!(&*out.shard_id, format!("shardId-{:012}", i % 4));
+        assert_eq!(out.attempts.len(), 1);
+        assert!(out.attempts[0].succeeded());
+    }
+    assert_eq!(h.gauge.records_held(), 0, "buffer room given back");
+}
+
+#[test]
+fn full_request_goes_at_once_within_limits() {
+    let mut h = Harness::new(
+        2,
+        ProducerConfig {
+            rate_limiting: false,
+            ..config()
+        },
+    );
+    for i in 0..1200 {
+        h.add_to(i % 2, 2, "k", "0123456789");
+    }
+    let sent = h.poll();
+    assert_eq!(
+        sent.iter()
+            .map(|(_, r)| r.records.len())
+            .collect::<Vec<_>>(),
+        vec![500, 500]
+    );
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll();
+    assert_eq!(sent[0].1.records.len(), 200);
+}
+
+#[test]
+fn request_byte_limit() {
+    let cfg = ProducerConfig {
+        max_request_bytes: Some(1000),
+        rate_limiting: false,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    for _ in 0..10 {
+        h.add_to(0, 1, "k", &"x".repeat(299)); // 300 bytes each
+    }
+    h.advance(Duration::from_millis(100));
+    let sizes: Vec<usize> = h.poll().iter().map(|(_, r)| r.records.len()).collect();
+    assert_eq!(sizes, vec![3, 3, 3, 1]);
+}
+
+#[test]
+fn shard_limiter_holds_one_shard_not_others() {
+    let mut h = Harness::new(2, config());
+    let mut first: Vec<Rx> = (0..1500).map(|_| h.add_to(0, 2, "k", "x")).collect();
+    let mut other = h.add_to(1, 2, "k", "x");
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll();
+    let total: usize = sent.iter().map(|(_, r)| r.records.len()).sum();
+    assert_eq!(
+        total, 1001,
+        "1,000 of shard 0 (its one-second burst) and shard 1's record"
+    );
+    for (id, req) in &sent {
+        h.ok_all(*id, req, 2);
+    }
+    assert!(outcome(&mut other).is_ok());
+    assert!(pending(&mut first[1200]));
+    // the rest goes at 1,000/s
+    h.advance(Duration::from_millis(250));
+    let sent: usize = h
+        .poll_after_window()
+        .iter()
+        .map(|(_, r)| r.records.len())
+        .sum();
+    assert!((240..=260).contains(&sent), "{sent}");
+}
+
+#[test]
+fn max_in_flight_is_respected() {
+    let cfg = ProducerConfig {
+        max_in_flight: 2,
+        max_records_per_request: 1,
+        rate_limiting: false,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    for _ in 0..5 {
+        h.add_to(0, 1, "k", "x");
+    }
+    let sent = h.poll();
+    assert_eq!(sent.len(), 2);
+    assert!(h.poll().is_empty());
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    assert_eq!(h.poll().len(), 1);
+}
+
+#[test]
+fn flush_resolves_after_everything_before_it() {
+    let mut h = Harness::new(1, config());
+    let mut a = h.add_to(0, 1, "a", "1");
+    let (ftx, mut frx) = oneshot::channel();
+    h.engine.on_flush(ftx);
+    let _later = h.add_to(0, 1, "b", "2");
+    let sent = h.poll();
+    assert_eq!(
+        sent.len(),
+        1,
+        "flush sends without waiting for max_buffered_time"
+    );
+    assert!(frx.try_recv().is_err());
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    assert!(outcome(&mut a).is_ok());
+    assert_eq!(frx.try_recv(), Ok(()));
+}
+
+#[test]
+fn shutdown_drains_then_fails_what_is_left_at_the_deadline() {
+    let cfg = ProducerConfig {
+        shutdown_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    let mut a = h.add_to(0, 1, "a", "1");
+    let (stx, mut srx) = oneshot::channel();
+    h.engine.on_shutdown(Some(stx), h.now);
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    assert!(!h.engine.is_finished());
+    h.advance(Duration::from_secs(1));
+    let _ = h.poll();
+    assert!(matches!(outcome(&mut a), Err(RecordError::ShutDown { .. })));
+    assert!(h.engine.is_finished());
+    assert_eq!(srx.try_recv(), Ok(()));
+    // a late response is ignored
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    assert_eq!(h.gauge.records_held(), 0);
+}

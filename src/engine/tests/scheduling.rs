@@ -1,0 +1,199 @@
+//! No per-shard scan: every reason a shard wakes.
+
+use super::*;
+
+// ---- no per-shard scan: every reason a shard wakes ----------------------------------------
+
+/// Drains during `f`.
+fn drains(h: &mut Harness, f: impl FnOnce(&mut Harness)) -> u64 {
+    let before = h.engine.drains;
+    f(h);
+    h.engine.drains - before
+}
+
+#[test]
+fn idle_shards_cost_nothing_per_poll() {
+    let n = 10_000;
+    let mut h = Harness::new(n, agg_config());
+    assert_eq!(drains(&mut h, |h| assert!(h.poll().is_empty())), 0);
+    assert_eq!(
+        h.engine.shards.next_timer(),
+        None,
+        "nothing held, no shard timer"
+    );
+    let mut rx = h.add_to(4321, n, "k", "x");
+    assert_eq!(drains(&mut h, |h| assert!(h.poll().is_empty())), 1);
+    // the linger deadline is the only timer; polls before it visit no shard
+    assert_eq!(
+        h.engine.shards.next_timer(),
+        Some(h.now + h.engine.s.config.max_buffered_time)
+    );
+    h.advance(50 * MS);
+    assert_eq!(drains(&mut h, |h| assert!(h.poll().is_empty())), 0);
+    // more records for the lingering shard do not visit it again
+    let _more: Vec<Rx> = (0..10).map(|_| h.add_to(4321, n, "k", "y")).collect();
+    assert_eq!(drains(&mut h, |h| assert!(h.poll().is_empty())), 0);
+    h.advance(50 * MS);
+    let sent = drains(&mut h, |h| {
+        let sent = h.poll();
+        assert_eq!(sent.len(), 1);
+        let (id, req) = &sent[0];
+        assert_eq!(req.records.len(), 1, "one aggregate");
+        h.ok_all(*id, req, n);
+    });
+    assert_eq!(sent, 1);
+    assert!(outcome(&mut rx).is_ok());
+}
+
+#[test]
+fn a_full_aggregate_wakes_its_shard_before_the_linger() {
+    let cfg = ProducerConfig {
+        aggregation_max_count: 4,
+        ..agg_config()
+    };
+    let mut h = Harness::new(64, cfg);
+    let _rx: Vec<Rx> = (0..3).map(|_| h.add_to(7, 64, "k", "x")).collect();
+    assert!(h.poll().is_empty());
+    assert!(h.engine.collector.is_empty());
+    let _last = h.add_to(7, 64, "k", "x");
+    assert_eq!(drains(&mut h, |h| drop(h.poll())), 1);
+    assert_eq!(h.engine.collector.len(), 1, "full: sealed at once");
+}
+
+#[test]
+fn limiter_deadline_wakes_the_shard() {
+    let mut h = Harness::new(100, config());
+    let _first: Vec<Rx> = (0..1200).map(|_| h.add_to(3, 100, "k", "x")).collect();
+    h.advance(100 * MS);
+    let sent: usize = h.poll().iter().map(|(_, r)| r.records.len()).sum();
+    assert_eq!(sent, 1000, "one second of budget");
+    let due = h.engine.next_deadline().expect("limiter deadline");
+    assert!(due > h.now && due <= h.now + 10 * MS, "{:?}", due - h.now);
+    h.now = due;
+    assert_eq!(
+        drains(&mut h, |h| drop(h.poll())),
+        1,
+        "only the limited shard"
+    );
+    h.advance(200 * MS);
+    let sent: usize = h
+        .poll_after_window()
+        .iter()
+        .map(|(_, r)| r.records.len())
+        .sum();
+    assert!(sent >= 150, "{sent}");
+}
+
+#[test]
+fn freed_in_flight_capacity_wakes_blocked_shards_in_turn() {
+    let cfg = ProducerConfig {
+        max_in_flight: 1,
+        max_records_per_request: 1,
+        rate_limiting: false,
+        ..config()
+    };
+    let n = 1000;
+    let mut h = Harness::new(n, cfg);
+    let mut rxs: Vec<Rx> = (0..3).map(|s| h.add_to(s * 300, n, "k", "x")).collect();
+    h.advance(100 * MS);
+    let mut sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    for _ in 0..2 {
+        assert!(h.poll().is_empty(), "saturated");
+        let (id, req) = sent.pop().unwrap();
+        h.ok_all(id, &req, n);
+        assert!(
+            h.engine.next_deadline().is_some_and(|d| d <= h.now),
+            "room freed: poll at once"
+        );
+        sent = h.poll_after_window();
+        assert_eq!(sent.len(), 1);
+    }
+    let (id, req) = sent.pop().unwrap();
+    h.ok_all(id, &req, n);
+    for rx in &mut rxs {
+        assert!(outcome(rx).is_ok());
+    }
+}
+
+#[test]
+fn backoff_and_retry_wake_the_shard() {
+    let mut h = Harness::new(500, config());
+    let mut rx = h.add_to(250, 500, "k", "x");
+    h.advance(100 * MS);
+    let (id, _) = h.poll().pop().unwrap();
+    h.engine
+        .on_response(id, Ok(vec![err_entry("InternalFailure")]), h.now);
+    // the retry waits for the shard's back-off, and a timer brings it back
+    assert!(h.poll().is_empty());
+    let due = h.engine.next_deadline().expect("back-off deadline");
+    assert!(due > h.now);
+    h.now = due;
+    let (id, req) = h.poll_after_window().pop().expect("retried");
+    h.ok_all(id, &req, 500);
+    assert_eq!(outcome(&mut rx).unwrap().attempts.len(), 2);
+}
+
+#[test]
+fn ttl_expires_records_of_a_shard_blocked_by_the_in_flight_limit() {
+    let cfg = ProducerConfig {
+        max_in_flight: 1,
+        max_records_per_request: 1,
+        rate_limiting: false,
+        record_ttl: Duration::from_secs(1),
+        ..config()
+    };
+    let mut h = Harness::new(8, cfg);
+    let t0 = h.now;
+    let mut rxs = [h.add_to(0, 8, "a", "1"), h.add_to(5, 8, "b", "1")];
+    h.advance(100 * MS);
+    assert_eq!(h.poll().len(), 1);
+    assert!(h.poll().is_empty());
+    let ttl = t0 + Duration::from_secs(1);
+    assert_eq!(
+        h.engine.shards.next_timer(),
+        Some(ttl),
+        "the blocked record's TTL"
+    );
+    assert!(h.engine.next_deadline().is_some_and(|d| d <= ttl));
+    h.now = ttl;
+    assert_eq!(drains(&mut h, |h| drop(h.poll())), 1);
+    let expired = rxs.iter_mut().map(|rx| !pending(rx)).filter(|e| *e).count();
+    assert_eq!(
+        expired, 1,
+        "the record blocked by the in-flight limit expired"
+    );
+}
+
+#[test]
+fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
+    let mut h = Harness::new(4, agg_config());
+    h.advance(Duration::from_secs(2));
+    let window = h.engine.s.config.max_buffered_time / shard::OVERDUE_DIVISOR;
+    let ttl = h.engine.s.config.record_ttl;
+    // added a second ago (a backlog in the ingest channel), reaching the engine now
+    let late = |h: &mut Harness, data: &str| {
+        let hash = even_range(2, 4).0;
+        let record =
+            UserRecord::new("k", data.to_string()).with_explicit_hash_key(hash.to_string());
+        assert!(h.gauge.try_acquire(record.size()));
+        let arrival = h.now - Duration::from_secs(1);
+        let entry = Entry::new(record, HashKey(hash), arrival, ttl, None);
+        h.engine.on_record(entry, h.now);
+    };
+    late(&mut h, "1");
+    assert!(
+        h.poll().is_empty(),
+        "lingers a window, not max_buffered_time"
+    );
+    assert_eq!(h.engine.shards.next_timer(), Some(h.now + window));
+    h.advance(window / 2);
+    late(&mut h, "2");
+    late(&mut h, "3");
+    assert!(h.poll().is_empty());
+    h.advance(window / 2);
+    let sent = h.poll_after_window();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.records.len(), 1, "one aggregate of the three");
+    assert!(sent[0].1.records[0].data.len() > 3 * 10);
+}
