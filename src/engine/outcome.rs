@@ -362,11 +362,11 @@ impl Engine {
 
     /// Delivers a record's result, gives its buffer room back and counts it.
     pub(super) fn resolve(&mut self, e: Entry, result: Result<PutOutcome, RecordError>) {
-        self.ledger.release([&e]);
+        let (n, bytes) = self.ledger.release([&e]);
         match &result {
             Ok(_) => {
-                self.admission.on_drained(1, e.size());
-                self.telemetry.put(1);
+                self.admission.on_drained(n, bytes);
+                self.telemetry.put(n);
             }
             Err(err) => self.telemetry.failed(&e, err),
         }
