@@ -59,6 +59,11 @@ impl Admission {
         }
     }
 
+    /// The record size limit changed: the byte floor still admits one record of that size.
+    pub fn set_max_record_size(&mut self, max_record_size: usize) {
+        self.floor.1 = MIN_BYTES.max(max_record_size).min(self.max.1);
+    }
+
     /// The stream's write capacity changed (start, reshard, settings): `None` when the producer
     /// does not limit its rate.
     pub fn set_capacity(&mut self, capacity: Option<(f64, f64)>) {

@@ -75,6 +75,12 @@ impl<T> Collector<T> {
         closed
     }
 
+    /// The request byte limit changed (the stream's record size limit did): applies to the
+    /// next request; what is collected stays.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.max_bytes = max_bytes;
+    }
+
     /// Whether the current request cannot take another record of any size.
     pub fn is_full(&self) -> bool {
         self.records.len() >= self.max_records || self.bytes >= self.max_bytes

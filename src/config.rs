@@ -33,6 +33,9 @@ pub const DEFAULT_MAX_BUFFERED_RECORDS: usize = 200_000;
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 /// Default period of shard map refreshes.
 pub const DEFAULT_SHARD_MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Default period of `DescribeStreamSummary` reads (jittered ±20 %; see
+/// [`crate::stream_settings`] for why).
+pub const DEFAULT_STREAM_SETTINGS_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
 /// Default time `shutdown()` waits for records before failing the rest.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -123,6 +126,9 @@ pub struct ProducerConfig {
     pub ordering: Ordering,
     /// Period of shard map refreshes.
     pub shard_map_refresh_interval: Duration,
+    /// Period of `DescribeStreamSummary` reads that follow the stream's record distribution and
+    /// record size limit (also read at once on evidence of a change).
+    pub stream_settings_refresh_interval: Duration,
     /// Labels on metrics.
     pub metrics_granularity: MetricsGranularity,
     /// How long `shutdown()` (and dropping the last handle) waits before failing what is left.
@@ -149,6 +155,7 @@ impl Default for ProducerConfig {
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             ordering: Ordering::None,
             shard_map_refresh_interval: DEFAULT_SHARD_MAP_REFRESH_INTERVAL,
+            stream_settings_refresh_interval: DEFAULT_STREAM_SETTINGS_REFRESH_INTERVAL,
             metrics_granularity: MetricsGranularity::Stream,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
@@ -244,12 +251,19 @@ impl ProducerConfig {
         if self.max_buffered_bytes == 0 {
             return Err(out_of_range("max_buffered_bytes", 0, "must be at least 1"));
         }
-        if self.shard_map_refresh_interval.is_zero() {
-            return Err(out_of_range(
+        for (field, value) in [
+            (
                 "shard_map_refresh_interval",
-                "0s",
-                "must be more than zero",
-            ));
+                self.shard_map_refresh_interval,
+            ),
+            (
+                "stream_settings_refresh_interval",
+                self.stream_settings_refresh_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(out_of_range(field, "0s", "must be more than zero"));
+            }
         }
         Ok(())
     }

@@ -86,9 +86,13 @@ impl std::fmt::Display for RecordLimitFrom {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ValidationError {
-    /// The partition key is empty.
-    #[error("partition_key is empty; it must be 1 to 256 Unicode characters")]
+    /// The partition key is empty on a stream that places records by key.
+    #[error("partition_key is empty; it must be 1 to 256 Unicode characters (only a stream whose RecordDistributionStrategy is AUTO takes records without a key)")]
     PartitionKeyEmpty,
+    /// A record without a partition key was queued while the stream's distribution was `AUTO`,
+    /// and the stream switched to `USER_PARTITION_KEY`, which requires one.
+    #[error("partition_key is empty, and the stream's RecordDistributionStrategy switched from AUTO to USER_PARTITION_KEY while the record was queued; it must now be 1 to 256 Unicode characters")]
+    PartitionKeyRequired,
     /// The partition key has more than 256 characters.
     #[error("partition_key has {chars} Unicode characters; the limit is {limit}")]
     PartitionKeyTooLong {
@@ -151,6 +155,16 @@ pub enum RecordError {
         /// Every attempt made, in order.
         attempts: Vec<Attempt>,
     },
+    /// The stream's settings changed while the record was queued, and it no longer meets them
+    /// (the record size limit was lowered below its size, or the stream switched from `AUTO` to
+    /// `USER_PARTITION_KEY` and the record has no partition key). It was never sent.
+    #[error("the stream's settings changed while the record was queued: {error}")]
+    Invalid {
+        /// The same error `add` gives such a record now.
+        error: ValidationError,
+        /// Every attempt made, in order.
+        attempts: Vec<Attempt>,
+    },
     /// The producer shut down (deadline passed) before the record could be stored.
     #[error("producer shut down before the record was confirmed stored ({} attempts{})", attempts.len(), last_error_suffix(attempts))]
     ShutDown {
@@ -164,7 +178,9 @@ impl RecordError {
     pub fn code(&self) -> Option<&str> {
         match self {
             RecordError::Rejected { code, .. } => Some(code),
-            RecordError::Expired { attempts, .. } | RecordError::ShutDown { attempts } => {
+            RecordError::Expired { attempts, .. }
+            | RecordError::Invalid { attempts, .. }
+            | RecordError::ShutDown { attempts } => {
                 attempts.last().and_then(|a| a.error_code.as_deref())
             }
         }
@@ -175,6 +191,7 @@ impl RecordError {
         match self {
             RecordError::Expired { attempts, .. }
             | RecordError::Rejected { attempts, .. }
+            | RecordError::Invalid { attempts, .. }
             | RecordError::ShutDown { attempts } => attempts,
         }
     }

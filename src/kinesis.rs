@@ -242,10 +242,11 @@ impl Kinesis for SdkKinesis {
                     // The data travels as `Bytes` from `add` to the body: no copy here.
                     PutRecordsRequestEntry::builder()
                         .data(Blob::from_maybe_shared(r.data))
-                        .partition_key(r.partition_key)
+                        // No key (an `AUTO` stream's unkeyed record): none is sent.
+                        .set_partition_key((!r.partition_key.is_empty()).then_some(r.partition_key))
                         .set_explicit_hash_key(r.explicit_hash_key)
                         .build()
-                        .expect("data and partition key are set")
+                        .expect("data is set")
                 })
                 .collect();
             let call = self.client.put_records().set_records(Some(entries));

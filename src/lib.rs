@@ -48,6 +48,7 @@ pub mod record;
 pub mod retry;
 pub mod shard_map;
 pub mod stats;
+pub mod stream_settings;
 
 pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
 pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};

@@ -35,6 +35,12 @@ pub const STRANDED_RESENT: &str = "kinesis_producer_stranded_subrecords_resent_t
 pub const SHARD_MAP_REFRESHES: &str = "kinesis_producer_shard_map_refreshes_total";
 /// Kinesis records stored on a shard other than the predicted one.
 pub const MISPREDICTIONS: &str = "kinesis_producer_shard_mispredictions_total";
+/// Changes of the stream's settings (record distribution, record size limit) seen while running.
+pub const STREAM_SETTINGS_CHANGES: &str = "kinesis_producer_stream_settings_changes_total";
+/// The record size limit in force, bytes (data + partition key).
+pub const RECORD_SIZE_LIMIT: &str = "kinesis_producer_record_size_limit_bytes";
+/// 1 while the stream's record distribution is `AUTO` (no prediction, no aggregation), else 0.
+pub const AUTO_DISTRIBUTION: &str = "kinesis_producer_auto_distribution";
 /// Seconds from `add` to the send of the Kinesis record holding it (oldest user record).
 pub const BUFFERING_TIME: &str = "kinesis_producer_buffering_time_seconds";
 /// Seconds a PutRecords request took.
@@ -67,6 +73,9 @@ pub(crate) struct Metrics {
     pub stranded: Counter,
     pub refreshes: Counter,
     pub mispredictions: Counter,
+    pub settings_changes: Counter,
+    pub record_size_limit: Gauge,
+    pub auto_distribution: Gauge,
     pub buffering_time: Histogram,
     pub request_time: Histogram,
     pub per_kinesis_record: Histogram,
@@ -103,6 +112,9 @@ impl Metrics {
             stranded: counter!(STRANDED_RESENT, l()),
             refreshes: counter!(SHARD_MAP_REFRESHES, l()),
             mispredictions: counter!(MISPREDICTIONS, l()),
+            settings_changes: counter!(STREAM_SETTINGS_CHANGES, l()),
+            record_size_limit: gauge!(RECORD_SIZE_LIMIT, l()),
+            auto_distribution: gauge!(AUTO_DISTRIBUTION, l()),
             buffering_time: histogram!(BUFFERING_TIME, l()),
             request_time: histogram!(REQUEST_TIME, l()),
             per_kinesis_record: histogram!(USER_RECORDS_PER_KINESIS_RECORD, l()),

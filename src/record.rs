@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRecord {
     /// Partition key: 1 to 256 Unicode characters. Decides the shard unless an explicit hash key
-    /// is given.
+    /// is given. Empty: no key (only on an `AUTO` stream, see [`UserRecord::unkeyed`]).
     pub partition_key: String,
     /// Optional explicit hash key: a decimal integer from 0 to 2^128 - 1 that overrides the
     /// partition key's hash for shard selection.
@@ -25,6 +25,19 @@ impl UserRecord {
             explicit_hash_key: None,
             data: data.into(),
         }
+    }
+
+    /// A record without a partition key, for a stream whose `RecordDistributionStrategy` is
+    /// `AUTO` (the service places it; no key is sent). On a stream that places records by key,
+    /// `add` refuses it with [`crate::ValidationError::PartitionKeyEmpty`]. An empty partition
+    /// key given to [`UserRecord::new`] means the same.
+    pub fn unkeyed(data: impl Into<Bytes>) -> Self {
+        UserRecord::new(String::new(), data)
+    }
+
+    /// Whether it has no partition key.
+    pub fn is_unkeyed(&self) -> bool {
+        self.partition_key.is_empty()
     }
 
     /// Sets the explicit hash key (decimal, 0 to 2^128 - 1).

@@ -50,6 +50,15 @@ pub struct Stats {
     pub stranded_resent: u64,
     /// Shard map refreshes.
     pub shard_map_refreshes: u64,
+    /// The stream's record distribution is `AUTO` (as last read): no shard prediction, no
+    /// aggregation.
+    pub auto_distribution: bool,
+    /// The record size limit in force (data + partition key), bytes.
+    pub record_size_limit: u64,
+    /// Changes of the stream's settings seen while running (distribution, record size limit).
+    pub stream_settings_changes: u64,
+    /// `DescribeStreamSummary` reads that succeeded after start.
+    pub stream_settings_reads: u64,
     /// Time since the producer started.
     pub uptime: Duration,
     /// Per-shard counters (as of the engine's last publication, at most a second old).
@@ -157,6 +166,8 @@ impl SharedStats {
             shard_map_refreshes: self.shard_map_refreshes.load(Relaxed),
             uptime: self.started.elapsed(),
             shards: self.shards.lock().map(|s| s.clone()).unwrap_or_default(),
+            // The stream's settings are added by the producer's handle.
+            ..Stats::default()
         }
     }
 }

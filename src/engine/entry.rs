@@ -22,6 +22,9 @@ pub(crate) struct Entry {
     pub deadline: Instant,
     pub attempts: Vec<Attempt>,
     pub reply: Option<Reply>,
+    /// Never aggregated again: its aggregate landed on a shard whose range did not hold it
+    /// (the map was stale, or the stream placed it under `AUTO`).
+    pub plain: bool,
 }
 
 impl Entry {
@@ -41,6 +44,7 @@ impl Entry {
             deadline: retry::deadline(arrival, ttl),
             attempts: Vec::new(),
             reply,
+            plain: false,
         }
     }
 

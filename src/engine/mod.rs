@@ -22,6 +22,7 @@ mod dispatch;
 mod entry;
 mod ledger;
 mod outcome;
+mod settings;
 mod shard;
 mod telemetry;
 #[cfg(test)]
@@ -45,6 +46,7 @@ use crate::record::Attempt;
 use crate::retry;
 use crate::shard_map::{RefreshSchedule, ShardInfo, ShardMap};
 use crate::stats::{ShardStats, SharedStats};
+use crate::stream_settings::{LiveSettings, RecordLimit, SettingsSchedule, StreamSettings};
 use dispatch::EndpointBackoff;
 use entry::KRecord;
 use ledger::Ledger;
@@ -84,6 +86,8 @@ pub(crate) enum Action {
     },
     /// Call ListShards; feed the result to [`Engine::on_shard_map`].
     RefreshShardMap,
+    /// Call DescribeStreamSummary; feed the result to [`Engine::on_stream_settings`].
+    ReadStreamSettings,
 }
 
 /// What the engine needs: the configuration, plus what was derived from it and the stream.
@@ -98,15 +102,26 @@ pub(crate) struct EngineSettings {
     /// `false` when the stream's record distribution is `AUTO`.
     pub predict: bool,
     /// The record size limit in force (data + partition key).
-    pub max_record_size: usize,
+    pub record_limit: RecordLimit,
     /// The request byte limit in force (data + partition keys).
     pub request_bytes: usize,
+    /// The stream's settings as last read.
+    pub stream_settings: StreamSettings,
+    /// Where the settings in force are published for `add` and `stats()`.
+    pub live: Arc<LiveSettings>,
     pub on_failure: Option<FailureCallback>,
 }
 
 impl EngineSettings {
-    pub fn new(config: &ProducerConfig, stream: StreamRef, predict: bool) -> Self {
+    pub fn new(
+        config: &ProducerConfig,
+        stream: StreamRef,
+        stream_settings: StreamSettings,
+        live: Arc<LiveSettings>,
+    ) -> Self {
         let pct = config.rate_limit_percent as f64 / 100.0;
+        let predict = !stream_settings.auto_distribution;
+        let request_bytes = config.request_bytes_for(stream_settings.stream_record_limit());
         EngineSettings {
             config: config.clone(),
             stream,
@@ -118,8 +133,10 @@ impl EngineSettings {
                 SHARD_BYTES_PER_SEC as f64 * pct,
             )),
             predict,
-            max_record_size: crate::limits::DEFAULT_RECORD_SIZE_LIMIT,
-            request_bytes: config.request_bytes_for(crate::limits::DEFAULT_RECORD_SIZE_LIMIT),
+            record_limit: stream_settings.record_limit(request_bytes),
+            request_bytes,
+            stream_settings,
+            live,
             on_failure: None,
         }
     }
@@ -136,6 +153,9 @@ pub(crate) struct Engine {
     next_request: u64,
     ledger: Ledger,
     refresh: RefreshSchedule,
+    settings_schedule: SettingsSchedule,
+    /// Back from `AUTO`: aggregation resumes once a fresh shard map is installed.
+    resume_aggregation: bool,
     parked: Vec<Stored>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     endpoint: EndpointBackoff,
@@ -165,6 +185,12 @@ impl Engine {
             ),
             collector: Collector::new(s.config.max_records_per_request, s.request_bytes),
             refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
+            settings_schedule: SettingsSchedule::new(
+                s.config.stream_settings_refresh_interval,
+                now,
+                settings::jitter_seed(),
+            ),
+            resume_aggregation: false,
             shards: Shards::new(s.predict),
             outbox: VecDeque::new(),
             in_flight: HashMap::new(),
@@ -181,7 +207,7 @@ impl Engine {
             admission: Admission::new(
                 s.config.record_ttl,
                 (s.config.max_buffered_records, s.config.max_buffered_bytes),
-                s.max_record_size,
+                s.record_limit.bytes,
                 now,
             ),
             round_robin: 0,
@@ -191,6 +217,9 @@ impl Engine {
             s,
         };
         engine.install_map(map, now);
+        engine
+            .telemetry
+            .settings(!engine.s.predict, engine.s.record_limit.bytes);
         engine
     }
 
@@ -206,6 +235,17 @@ impl Engine {
             .is_some_and(|(deadline, _)| now >= *deadline)
         {
             self.resolve(entry, Err(RecordError::ShutDown { attempts: vec![] }));
+            return;
+        }
+        // `add` checked it against the settings it saw; they may have changed since.
+        if let Some(error) = self.unfit(&entry.record) {
+            self.resolve(
+                entry,
+                Err(RecordError::Invalid {
+                    error,
+                    attempts: vec![],
+                }),
+            );
             return;
         }
         let flushing = self.ledger.flushing() || self.shutdown.is_some();
@@ -284,6 +324,9 @@ impl Engine {
         };
         self.refresh.finished(true, now);
         self.telemetry.map_refreshed();
+        if std::mem::take(&mut self.resume_aggregation) {
+            self.s.aggregation = true;
+        }
         self.install_map(ShardMap::new(shards), now);
         let mut retry_entries = Vec::new();
         for stored in std::mem::take(&mut self.parked) {
@@ -298,6 +341,9 @@ impl Engine {
     pub fn poll(&mut self, now: Instant, actions: &mut Vec<Action>) {
         if self.refresh.start_if_due(now) {
             actions.push(Action::RefreshShardMap);
+        }
+        if self.settings_schedule.start_if_due(now) {
+            actions.push(Action::ReadStreamSettings);
         }
         if let Some((deadline, _)) = &self.shutdown {
             if now >= *deadline {
@@ -352,6 +398,7 @@ impl Engine {
             }
         };
         at(self.refresh.next_due());
+        at(self.settings_schedule.next_due());
         at(self.shutdown.as_ref().map(|(d, _)| *d));
         if self.in_flight.len() < self.concurrency.limit() && !self.outbox.is_empty() {
             // Dispatch when the endpoint's back-off ends, or at once.

@@ -133,6 +133,10 @@ impl Engine {
             self.telemetry
                 .possible_duplicates(records.iter().map(|r| r.entries.len()).sum());
         }
+        if error.code.as_deref() == Some("ValidationException") {
+            // A size or key the service refused may mean the stream's settings changed.
+            self.settings_schedule.request();
+        }
         // A validation error that names the records at fault refuses the request for their
         // sake only: they fail, the others go again.
         let culprits = if decision == Decision::Fail
@@ -198,12 +202,15 @@ impl Engine {
 
     /// A Kinesis record was stored on `stored.shard_id`.
     fn on_stored(&mut self, stored: Stored, retry_entries: &mut Vec<Entry>) {
-        if self.s.predict && stored.shard_id != stored.record.shard {
-            // The map is stale. A plain record always lands where its hash key belongs: it
-            // succeeded. An aggregate's sub-records may now lie outside the storing shard's
-            // range: check them against the map, or against the refreshed one if even the
-            // current map does not know the shard.
+        let off_shard = stored.shard_id != stored.record.shard;
+        if off_shard && (self.s.predict || stored.record.aggregated) {
+            // The map is stale, or the stream now places records itself (`AUTO`): read both
+            // again. A plain record always lands where the service puts it: it succeeded. An
+            // aggregate's sub-records may lie outside the storing shard's range: check them
+            // against the map, or against the refreshed one if even the current map does not
+            // know the shard. (An aggregate sent before a switch to `AUTO` lands here too.)
             self.refresh.request();
+            self.settings_schedule.request();
             self.telemetry.mispredicted();
             if stored.record.aggregated {
                 if self.shards.map.shard(&stored.shard_id).is_some() {
@@ -253,6 +260,8 @@ impl Engine {
                     ),
                     ..attempt.clone()
                 });
+                // Re-sent plain, once: aggregated again it could be stranded again.
+                e.plain = true;
                 retry_entries.push(e);
             }
         }

@@ -163,12 +163,12 @@ impl ShardState {
     }
 
     /// Takes the next Kinesis record off the queue: an aggregate of as many queued records as
-    /// fit, or a single record (sent raw: aggregation off, the record too large to share, or
-    /// only one record at hand).
+    /// fit, or a single record (sent raw: aggregation off, the record too large to share, only
+    /// one record at hand, or a record marked plain, which no aggregate takes).
     pub fn build_record(&mut self, aggregator: &mut Aggregator, aggregation: bool) -> KRecord {
         let first = self.pop_front().expect("caller checked the queue");
         let shard = self.info.id.clone();
-        if !aggregation || self.queue.is_empty() {
+        if !aggregation || first.plain || self.queue.is_empty() {
             return KRecord::single(shard, first);
         }
         let r = &first.record;
@@ -178,7 +178,7 @@ impl ShardState {
             return KRecord::single(shard, first);
         }
         let mut entries = vec![first];
-        while let Some(next) = self.queue.front() {
+        while let Some(next) = self.queue.front().filter(|e| !e.plain) {
             let r = &next.record;
             match aggregator.try_push(&r.partition_key, r.explicit_hash_key.as_deref(), &r.data) {
                 TryPush::Added => entries.push(self.pop_front().expect("front exists")),
@@ -229,6 +229,12 @@ impl Shards {
             blocked: VecDeque::new(),
             timers: BinaryHeap::new(),
         }
+    }
+
+    /// Prediction on or off (the stream's distribution switched); takes effect at the next
+    /// [`Shards::install`].
+    pub fn set_predict(&mut self, predict: bool) {
+        self.predict = predict;
     }
 
     /// The state of shard `i`, without marking it ready (the drain's own access).

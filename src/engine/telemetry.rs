@@ -147,6 +147,20 @@ impl Telemetry {
         self.metrics.mispredictions.increment(1);
     }
 
+    /// The stream's settings changed to these.
+    pub fn settings_changed(&self, auto_distribution: bool, record_limit: usize) {
+        self.metrics.settings_changes.increment(1);
+        self.settings(auto_distribution, record_limit);
+    }
+
+    /// The settings in force, as gauges.
+    pub fn settings(&self, auto_distribution: bool, record_limit: usize) {
+        self.metrics.record_size_limit.set(record_limit as f64);
+        self.metrics
+            .auto_distribution
+            .set(if auto_distribution { 1.0 } else { 0.0 });
+    }
+
     pub fn map_refreshed(&self) {
         SharedStats::add(&self.stats.shard_map_refreshes, 1);
         self.metrics.refreshes.increment(1);

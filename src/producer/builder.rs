@@ -6,13 +6,13 @@ use super::{FailureCallback, Inner, Producer};
 use crate::buffer::BufferGauge;
 use crate::config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 use crate::engine::{Engine, EngineSettings};
-use crate::error::{BuildError, RecordError, RecordLimitFrom};
+use crate::error::{BuildError, RecordError};
 use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, SdkKinesis};
-use crate::limits::DEFAULT_RECORD_SIZE_LIMIT;
 use crate::metrics::Metrics;
 use crate::record::UserRecord;
 use crate::shard_map::ShardMap;
 use crate::stats::SharedStats;
+use crate::stream_settings::{LiveSettings, StreamSettings};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -94,6 +94,8 @@ impl ProducerBuilder {
         ordering: Ordering;
         /// Period of shard map refreshes.
         shard_map_refresh_interval: Duration;
+        /// Period of stream settings reads (default 60 s, jittered).
+        stream_settings_refresh_interval: Duration;
         /// Labels on metrics.
         metrics_granularity: MetricsGranularity;
         /// How long shutdown waits before failing what is left.
@@ -156,20 +158,11 @@ impl ProducerBuilder {
                 ),
             });
         }
-        let stream_limit = summary
-            .max_record_size_kib
-            .map_or(DEFAULT_RECORD_SIZE_LIMIT, |k| k as usize * 1024);
-        let request_bytes = config.request_bytes_for(stream_limit);
-        // A record must also fit in a request.
-        let (max_record_size, record_limit_from) = if request_bytes < stream_limit {
-            (request_bytes, RecordLimitFrom::MaxRequestBytes)
-        } else if let Some(kib) = summary.max_record_size_kib {
-            let kib = u16::try_from(kib).unwrap_or(u16::MAX);
-            (stream_limit, RecordLimitFrom::Stream { kib })
-        } else {
-            (stream_limit, RecordLimitFrom::ApiDefault)
-        };
-        config.validate_for_stream(max_record_size)?;
+        let stream_settings = StreamSettings::from_summary(&summary);
+        let request_bytes = config.request_bytes_for(stream_settings.stream_record_limit());
+        let record_limit = stream_settings.record_limit(request_bytes);
+        config.validate_for_stream(record_limit.bytes)?;
+        let live = Arc::new(LiveSettings::new(summary.auto_distribution, record_limit));
 
         let now = Instant::now();
         let gauge = Arc::new(BufferGauge::new(
@@ -178,10 +171,9 @@ impl ProducerBuilder {
         ));
         let stats = SharedStats::new(now);
         let metrics = Metrics::new(stream.as_str(), config.metrics_granularity);
-        let mut settings = EngineSettings::new(&config, stream.clone(), !summary.auto_distribution);
+        let mut settings =
+            EngineSettings::new(&config, stream.clone(), stream_settings, live.clone());
         settings.on_failure = self.on_failure;
-        settings.max_record_size = max_record_size;
-        settings.request_bytes = request_bytes;
         let engine = Engine::new(settings, map, gauge.clone(), stats.clone(), metrics, now);
         let tx = Driver::spawn(engine, kinesis, runtime, timeout, stream.clone()).map_err(|e| {
             BuildError::Kinesis {
@@ -196,8 +188,7 @@ impl ProducerBuilder {
                 gauge,
                 stats,
                 closed: AtomicBool::new(false),
-                max_record_size,
-                record_limit_from,
+                live,
                 record_ttl: config.record_ttl,
                 stream,
             }),

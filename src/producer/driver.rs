@@ -4,7 +4,7 @@
 
 use crate::config::StreamRef;
 use crate::engine::{Action, Engine, Entry};
-use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, PutRecordsResultEntry};
+use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, PutRecordsResultEntry, StreamSummary};
 use crate::shard_map::ShardInfo;
 use crossbeam_channel::{Receiver, Sender};
 use std::future::Future;
@@ -26,6 +26,7 @@ pub(super) enum Msg {
 pub(super) enum Event {
     Response(u64, Result<Vec<PutRecordsResultEntry>, ClientError>),
     ShardMap(Result<Vec<ShardInfo>, ClientError>),
+    StreamSettings(Result<StreamSummary, ClientError>),
 }
 
 pub(super) async fn with_timeout<T>(
@@ -164,6 +165,7 @@ impl Driver {
         match ev {
             Event::Response(id, result) => self.engine.on_response(id, result, now),
             Event::ShardMap(result) => self.engine.on_shard_map(result, now),
+            Event::StreamSettings(result) => self.engine.on_stream_settings(result, now),
         }
     }
 
@@ -188,6 +190,14 @@ impl Driver {
                 self.runtime.spawn(async move {
                     let result = with_timeout(timeout, kinesis.list_shards(&stream)).await;
                     let _ = tx.send(Event::ShardMap(result));
+                });
+            }
+            Action::ReadStreamSettings => {
+                let stream = self.stream.clone();
+                self.runtime.spawn(async move {
+                    let result =
+                        with_timeout(timeout, kinesis.describe_stream_summary(&stream)).await;
+                    let _ = tx.send(Event::StreamSettings(result));
                 });
             }
         }

@@ -33,11 +33,12 @@ pub use builder::ProducerBuilder;
 use crate::buffer::BufferGauge;
 use crate::config::StreamRef;
 use crate::engine::{Entry, Reply};
-use crate::error::{AddError, RecordError, RecordLimitFrom, ValidationError};
+use crate::error::{AddError, RecordError, ValidationError};
 use crate::hash_key::HashKey;
 use crate::limits::MAX_PARTITION_KEY_CHARS;
 use crate::record::{PutOutcome, UserRecord};
 use crate::stats::{SharedStats, Stats};
+use crate::stream_settings::{LiveSettings, RecordLimit};
 use crossbeam_channel::Sender;
 use driver::Msg;
 use std::future::Future;
@@ -67,9 +68,8 @@ struct Inner {
     gauge: Arc<BufferGauge>,
     stats: Arc<SharedStats>,
     closed: AtomicBool,
-    max_record_size: usize,
-    /// Where the record limit comes from, for errors.
-    record_limit_from: RecordLimitFrom,
+    /// The stream's settings as the engine last read them.
+    live: Arc<LiveSettings>,
     record_ttl: Duration,
     stream: StreamRef,
 }
@@ -111,9 +111,10 @@ impl Producer {
         &self.inner.stream
     }
 
-    /// The record size limit in force (data + partition key), from the stream.
+    /// The record size limit in force (data + partition key), from the stream (followed while
+    /// the producer runs: `UpdateMaxRecordSize` raises or lowers it).
     pub fn max_record_size(&self) -> usize {
-        self.inner.max_record_size
+        self.inner.live.record_limit().bytes
     }
 
     /// Validates and hashes a record: everything `add` checks before queueing.
@@ -123,8 +124,8 @@ impl Producer {
         }
         match validate(
             &record,
-            self.inner.max_record_size,
-            self.inner.record_limit_from,
+            self.inner.live.record_limit(),
+            self.inner.live.auto_distribution(),
             self.inner.gauge.max_bytes,
         ) {
             Ok(hash_key) => Ok(Entry::new(
@@ -229,19 +230,27 @@ impl Producer {
     /// A snapshot of the producer's counters.
     pub fn stats(&self) -> Stats {
         let g = &self.inner.gauge;
-        self.inner.stats.snapshot(g.room())
+        let live = &self.inner.live;
+        Stats {
+            auto_distribution: live.auto_distribution(),
+            record_size_limit: live.record_limit().bytes as u64,
+            stream_settings_changes: live.changes(),
+            stream_settings_reads: live.reads(),
+            ..self.inner.stats.snapshot(g.room())
+        }
     }
 }
 
-/// Checks a record against the Kinesis limits and returns its hash key.
+/// Checks a record against the Kinesis limits and the stream's settings (`auto`: the record
+/// distribution is `AUTO`, where a key may be absent) and returns its hash key.
 pub(crate) fn validate(
     record: &UserRecord,
-    max_record_size: usize,
-    record_limit_from: RecordLimitFrom,
+    limit: RecordLimit,
+    auto: bool,
     max_buffered_bytes: usize,
 ) -> Result<HashKey, ValidationError> {
     let key = &record.partition_key;
-    if key.is_empty() {
+    if key.is_empty() && !auto {
         return Err(ValidationError::PartitionKeyEmpty);
     }
     // A key of at most 256 bytes has at most 256 characters: count only longer ones.
@@ -254,17 +263,10 @@ pub(crate) fn validate(
             });
         }
     }
-    let size = record.size();
-    if size > max_record_size {
-        return Err(ValidationError::RecordTooLarge {
-            data_bytes: record.data.len(),
-            // At most 256 characters of at most 4 bytes: checked above.
-            key_bytes: key.len() as u16,
-            size,
-            limit: max_record_size,
-            limit_from: record_limit_from,
-        });
+    if let Some(e) = too_large(record, limit) {
+        return Err(e);
     }
+    let size = record.size();
     if size > max_buffered_bytes {
         return Err(ValidationError::LargerThanBuffer {
             size,
@@ -282,9 +284,28 @@ pub(crate) fn validate(
     }
 }
 
+/// The error for a record over the limit in force, if it is (`add`, and queued records when the
+/// stream lowers its limit).
+pub(crate) fn too_large(record: &UserRecord, limit: RecordLimit) -> Option<ValidationError> {
+    let size = record.size();
+    (size > limit.bytes).then(|| ValidationError::RecordTooLarge {
+        data_bytes: record.data.len(),
+        // At most 256 characters of at most 4 bytes: checked before.
+        key_bytes: record.partition_key.len().min(u16::MAX as usize) as u16,
+        size,
+        limit: limit.bytes,
+        limit_from: limit.from,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const API_DEFAULT: RecordLimit = RecordLimit {
+        bytes: 1 << 20,
+        from: crate::error::RecordLimitFrom::ApiDefault,
+    };
 
     fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
 
@@ -295,10 +316,15 @@ mod tests {
 
     #[test]
     fn validation_names_field_size_and_limit() {
-        let v = |r: &UserRecord| validate(r, 1 << 20, RecordLimitFrom::ApiDefault, 64 << 20);
+        let v = |r: &UserRecord| validate(r, API_DEFAULT, false, 64 << 20);
         assert_eq!(
-            v(&UserRecord::new("", "x")),
+            v(&UserRecord::unkeyed("x")),
             Err(ValidationError::PartitionKeyEmpty)
+        );
+        assert_eq!(
+            validate(&UserRecord::unkeyed("x"), API_DEFAULT, true, 64 << 20),
+            Ok(HashKey::from_partition_key("")),
+            "an AUTO stream takes records without a key"
         );
         let long = "k".repeat(257);
         let err = v(&UserRecord::new(long, "x")).unwrap_err();
@@ -338,8 +364,8 @@ mod tests {
         assert!(matches!(
             validate(
                 &UserRecord::new("k", vec![0u8; 100]),
-                1 << 20,
-                RecordLimitFrom::ApiDefault,
+                API_DEFAULT,
+                false,
                 50
             ),
             Err(ValidationError::LargerThanBuffer {

@@ -167,7 +167,7 @@ fn adaptive_concurrency_starts_with_one_request_grows_with_answers_and_halves_on
         .drain(..)
         .filter_map(|a| match a {
             Action::Send { timeout, .. } => Some(timeout),
-            Action::RefreshShardMap => None,
+            _ => None,
         })
         .collect();
     assert_eq!(timeouts, vec![Duration::from_secs(24)]);

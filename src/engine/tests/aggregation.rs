@@ -137,13 +137,20 @@ fn stranded_sub_records_are_resent_after_a_split() {
     let (id, req) = h.poll_after_window().pop().unwrap();
     assert_eq!(
         req.records.len(),
-        1,
-        "the two stranded records, re-aggregated for the upper child"
+        2,
+        "the two stranded records, each plain: an aggregate could be stranded again"
     );
-    let results = vec![PutRecordsResultEntry::Ok {
-        shard_id: "shardId-000000000002".into(),
-        sequence_number: "78".into(),
-    }];
+    assert!(req
+        .records
+        .iter()
+        .all(|r| r.explicit_hash_key.is_some() && r.data.as_ref() == b"d"));
+    let results = vec![
+        PutRecordsResultEntry::Ok {
+            shard_id: "shardId-000000000002".into(),
+            sequence_number: "78".into(),
+        };
+        2
+    ];
     h.engine.on_response(id, Ok(results), h.now);
     for rx in &mut rxs[2..] {
         let out = outcome(rx).unwrap();

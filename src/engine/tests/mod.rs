@@ -7,6 +7,7 @@ use crate::hash_key::HashKey;
 use crate::kinesis::{ClientErrorKind, PutRecordsEntry};
 use crate::record::{PutOutcome, UserRecord};
 use crate::shard_map::{even_range, even_shards as shards};
+use crate::stream_settings::{LiveSettings, StreamSettings};
 use std::time::Duration;
 use tokio::sync::oneshot::error::TryRecvError;
 
@@ -41,7 +42,16 @@ impl Harness {
             config.max_buffered_records,
             config.max_buffered_bytes,
         ));
-        let settings = EngineSettings::new(&config, StreamRef::Name("s".into()), predict);
+        let stream_settings = StreamSettings {
+            auto_distribution: !predict,
+            max_record_size_kib: None,
+        };
+        let live = Arc::new(LiveSettings::new(
+            !predict,
+            stream_settings.record_limit(config.request_bytes_for(1 << 20)),
+        ));
+        let settings =
+            EngineSettings::new(&config, StreamRef::Name("s".into()), stream_settings, live);
         let engine = Engine::new(
             settings,
             ShardMap::new(shards(n)),
@@ -86,7 +96,7 @@ impl Harness {
             .drain(..)
             .filter_map(|a| match a {
                 Action::Send { id, request, .. } => Some((id, request)),
-                Action::RefreshShardMap => None,
+                _ => None,
             })
             .collect()
     }
@@ -174,3 +184,4 @@ mod batching;
 mod failures;
 mod ordering;
 mod scheduling;
+mod settings;
