@@ -190,6 +190,7 @@ impl Kinesis for DiscardSink {
             Ok(StreamSummary {
                 max_record_size_kib: Some(1024),
                 auto_distribution: false,
+                on_demand: None,
                 status: "ACTIVE".into(),
             })
         })

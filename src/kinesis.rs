@@ -8,7 +8,7 @@ use crate::config::StreamRef;
 use crate::shard_map::ShardInfo;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, RecordDistributionStrategy};
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, RecordDistributionStrategy, StreamMode};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
@@ -66,6 +66,9 @@ pub struct StreamSummary {
     pub max_record_size_kib: Option<u32>,
     /// `RecordDistributionStrategy` is `AUTO`: the service ignores keys when placing records.
     pub auto_distribution: bool,
+    /// `StreamModeDetails.StreamMode` is `ON_DEMAND` (`Some(false)`: `PROVISIONED`), where the
+    /// service reports it.
+    pub on_demand: Option<bool>,
     /// `StreamStatus`, e.g. `ACTIVE`.
     pub status: String,
 }
@@ -350,6 +353,9 @@ impl Kinesis for SdkKinesis {
                     summary.and_then(|s| s.record_distribution_strategy()),
                     Some(RecordDistributionStrategy::Auto)
                 ),
+                on_demand: summary
+                    .and_then(|s| s.stream_mode_details())
+                    .map(|m| m.stream_mode() == &StreamMode::OnDemand),
                 status: summary
                     .map(|s| s.stream_status().as_str().to_string())
                     .unwrap_or_default(),

@@ -53,6 +53,9 @@ pub struct Stats {
     /// The stream's record distribution is `AUTO` (as last read): no shard prediction, no
     /// aggregation.
     pub auto_distribution: bool,
+    /// The capacity mode is `ON_DEMAND` (`Some(false)`: `PROVISIONED`), where the service
+    /// reports it.
+    pub on_demand: Option<bool>,
     /// The record size limit in force (data + partition key), bytes.
     pub record_size_limit: u64,
     /// Changes of the stream's settings seen while running (distribution, record size limit).

@@ -21,7 +21,7 @@
 use crate::error::RecordLimitFrom;
 use crate::kinesis::StreamSummary;
 use crate::limits::DEFAULT_RECORD_SIZE_LIMIT;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 /// Shortest wait between two evidence-driven reads.
@@ -144,6 +144,9 @@ pub struct StreamSettings {
     pub auto_distribution: bool,
     /// `MaxRecordSizeInKiB`, where the service reports it.
     pub max_record_size_kib: Option<u32>,
+    /// The capacity mode is `ON_DEMAND`, where the service reports it (informational: it does
+    /// not change what the producer sends, but a switch is counted and shown).
+    pub on_demand: Option<bool>,
 }
 
 impl StreamSettings {
@@ -152,6 +155,7 @@ impl StreamSettings {
         StreamSettings {
             auto_distribution: summary.auto_distribution,
             max_record_size_kib: summary.max_record_size_kib,
+            on_demand: summary.on_demand,
         }
     }
 
@@ -225,6 +229,8 @@ impl RecordLimit {
 #[derive(Debug)]
 pub struct LiveSettings {
     auto_distribution: AtomicBool,
+    /// 0 unknown, 1 provisioned, 2 on-demand.
+    mode: AtomicU8,
     record_limit: AtomicU64,
     changes: AtomicU64,
     reads: AtomicU64,
@@ -232,9 +238,10 @@ pub struct LiveSettings {
 
 impl LiveSettings {
     /// The settings found at start.
-    pub fn new(auto_distribution: bool, limit: RecordLimit) -> Self {
+    pub fn new(settings: StreamSettings, limit: RecordLimit) -> Self {
         LiveSettings {
-            auto_distribution: AtomicBool::new(auto_distribution),
+            auto_distribution: AtomicBool::new(settings.auto_distribution),
+            mode: AtomicU8::new(mode_bits(settings.on_demand)),
             record_limit: AtomicU64::new(limit.to_bits()),
             changes: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -244,6 +251,15 @@ impl LiveSettings {
     /// Whether the stream's distribution is `AUTO`.
     pub fn auto_distribution(&self) -> bool {
         self.auto_distribution.load(Ordering::Acquire)
+    }
+
+    /// Whether the capacity mode is `ON_DEMAND`, where the service reports it.
+    pub fn on_demand(&self) -> Option<bool> {
+        match self.mode.load(Ordering::Acquire) {
+            1 => Some(false),
+            2 => Some(true),
+            _ => None,
+        }
     }
 
     /// The record limit in force.
@@ -265,15 +281,26 @@ impl LiveSettings {
         self.reads.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn set(&self, auto_distribution: bool, limit: RecordLimit) {
-        let bits = limit.to_bits();
-        let old_auto = self
-            .auto_distribution
-            .swap(auto_distribution, Ordering::AcqRel);
+    pub(crate) fn set(&self, settings: StreamSettings, limit: RecordLimit) {
+        let (auto, bits, mode) = (
+            settings.auto_distribution,
+            limit.to_bits(),
+            mode_bits(settings.on_demand),
+        );
+        let old_auto = self.auto_distribution.swap(auto, Ordering::AcqRel);
         let old_bits = self.record_limit.swap(bits, Ordering::AcqRel);
-        if old_auto != auto_distribution || old_bits != bits {
+        let old_mode = self.mode.swap(mode, Ordering::AcqRel);
+        if old_auto != auto || old_bits != bits || old_mode != mode {
             self.changes.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+fn mode_bits(on_demand: Option<bool>) -> u8 {
+    match on_demand {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
     }
 }
 
@@ -365,6 +392,7 @@ mod tests {
         let kib = |k| StreamSettings {
             auto_distribution: false,
             max_record_size_kib: k,
+            on_demand: None,
         };
         assert_eq!(
             kib(Some(10240)).record_limit(10 << 20),
@@ -405,15 +433,25 @@ mod tests {
                 from: RecordLimitFrom::MaxRequestBytes,
             },
         ];
-        let live = LiveSettings::new(false, limits[0]);
+        let settings = |auto, on_demand| StreamSettings {
+            auto_distribution: auto,
+            max_record_size_kib: None,
+            on_demand,
+        };
+        let live = LiveSettings::new(settings(false, None), limits[0]);
         assert_eq!(live.record_limit(), limits[0]);
-        live.set(false, limits[0]);
+        live.set(settings(false, None), limits[0]);
         assert_eq!(live.changes(), 0, "the same settings are no change");
         for (i, l) in limits.iter().enumerate() {
-            live.set(i % 2 == 0, *l);
+            live.set(settings(i % 2 == 0, None), *l);
             assert_eq!(live.record_limit(), *l);
             assert_eq!(live.auto_distribution(), i % 2 == 0);
         }
         assert_eq!(live.changes(), 3);
+        live.set(settings(false, Some(true)), limits[2]);
+        assert_eq!(live.on_demand(), Some(true));
+        live.set(settings(false, Some(false)), limits[2]);
+        assert_eq!(live.on_demand(), Some(false));
+        assert_eq!(live.changes(), 5, "a mode switch is a change too");
     }
 }

@@ -622,6 +622,7 @@ impl Kinesis for FixedShards {
             Ok(StreamSummary {
                 max_record_size_kib: Some(1024),
                 auto_distribution: false,
+                on_demand: None,
                 status: "UPDATING".into(),
             })
         })

@@ -86,8 +86,17 @@ impl Source {
                 key_field: args.key_field.clone(),
                 require_key: args.require_key,
                 ehk_field: args.ehk_field.clone(),
+                unkeyed: false,
             },
         })
+    }
+
+    /// The stream places records itself (`AUTO`): a line without a key is sent without one
+    /// instead of with a random key.
+    pub fn send_unkeyed(&mut self) {
+        if let Source::Read { parser, .. } = self {
+            parser.unkeyed = true;
+        }
     }
 
     /// The number of records, when known in advance (for the progress bar).
@@ -125,6 +134,8 @@ pub struct LineParser {
     pub require_key: bool,
     /// NDJSON: the field that holds the explicit hash key.
     pub ehk_field: Option<String>,
+    /// A record without a key gets none (the stream's distribution is `AUTO`), not a random one.
+    pub unkeyed: bool,
 }
 
 /// A field by top-level name, or by JSON pointer when it starts with `/`.
@@ -173,7 +184,11 @@ impl LineParser {
                 ehk = field(&value, name).map(|v| scalar(v, name)).transpose()?;
             }
         }
-        let key = key.unwrap_or_else(|| random_key(rng));
+        let key = match key {
+            Some(key) => key,
+            None if self.unkeyed => String::new(),
+            None => random_key(rng),
+        };
         let record = UserRecord::new(key, Bytes::copy_from_slice(line));
         Ok(match ehk {
             Some(h) => record.with_explicit_hash_key(h),
@@ -241,6 +256,7 @@ mod tests {
             format,
             key: None,
             key_field: None,
+            unkeyed: false,
             require_key: false,
             ehk_field: None,
         }
@@ -277,6 +293,22 @@ mod tests {
         assert_eq!(n.partition_key, "7");
         let missing = p.parse(br#"{"other":1}"#, &mut rng).unwrap();
         assert_eq!(missing.partition_key.len(), 16, "random key");
+        let auto = LineParser {
+            unkeyed: true,
+            ..p.clone()
+        };
+        assert!(
+            auto.parse(br#"{"other":1}"#, &mut rng)
+                .unwrap()
+                .is_unkeyed(),
+            "an AUTO stream: no key rather than a random one"
+        );
+        assert_eq!(
+            auto.parse(br#"{"user":"u2"}"#, &mut rng)
+                .unwrap()
+                .partition_key,
+            "u2"
+        );
         assert!(p.parse(br#"{"user":[1]}"#, &mut rng).is_err());
         assert!(p
             .parse(b"{not json", &mut rng)

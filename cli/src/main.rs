@@ -161,6 +161,10 @@ pub struct ProducerArgs {
     /// Most user records held by the producer (the backpressure bound).
     #[arg(long, value_name = "N")]
     pub max_buffered_records: Option<usize>,
+    /// Period of the producer's reads of the stream's settings (record distribution, record
+    /// size limit), milliseconds [default: 60000, jittered].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub settings_refresh_ms: Option<u64>,
 }
 
 /// On or off.
@@ -229,6 +233,10 @@ pub struct SimArgs {
     /// 1024].
     #[arg(long, value_name = "KIB", value_parser = clap::value_parser!(u32).range(1024..=10240))]
     pub max_record_size_kib: Option<u32>,
+    /// Create the stream `ON_DEMAND` with `RecordDistributionStrategy` `AUTO`: the service
+    /// places records whatever their keys, and lines without a key are sent without one.
+    #[arg(long)]
+    pub auto_distribution: bool,
     /// Shard count of the scheduled reshard.
     #[arg(long, value_name = "N", requires = "reshard_after_ms",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -264,6 +272,7 @@ impl SimArgs {
         );
         check(self.reshard_after_ms.is_some(), "--reshard-after-ms");
         check(self.max_record_size_kib.is_some(), "--max-record-size-kib");
+        check(self.auto_distribution, "--auto-distribution");
         v
     }
 }

@@ -7,12 +7,15 @@
 //! are about the records the producer holds).
 
 use crate::input::{Item, Source};
-use crate::report::{thousands, Example, FailureGroup, Histogram, Latency, Report, ShardReport};
+use crate::report::{
+    thousands, Example, FailureGroup, Histogram, Latency, Report, SettingsSeen, ShardReport,
+};
 use crate::{target, OnOff, OrderingArg, ProduceArgs};
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use kinesis_producer::{AddError, BuildError, Ordering, PendingRecord, Producer, RecordError};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -149,6 +152,9 @@ async fn build_producer(args: &ProduceArgs, target: &target::Target) -> Result<P
     if let Some(v) = p.max_buffered_records {
         b = b.max_buffered_records(v);
     }
+    if let Some(v) = p.settings_refresh_ms {
+        b = b.stream_settings_refresh_interval(Duration::from_millis(v));
+    }
     if target.no_limits {
         b = b.rate_limiting(false);
     }
@@ -158,11 +164,68 @@ async fn build_producer(args: &ProduceArgs, target: &target::Target) -> Result<P
     })
 }
 
+/// How often the report's watcher looks at the stream's settings.
+const SETTINGS_WATCH: Duration = Duration::from_millis(50);
+
+/// Records each change of the stream's settings the producer follows during the run.
+struct SettingsWatch {
+    seen: Arc<Mutex<Vec<SettingsSeen>>>,
+    task: tokio::task::JoinHandle<()>,
+    start: SettingsSeen,
+    started: Instant,
+}
+
+impl SettingsWatch {
+    fn start(producer: Producer, start: SettingsSeen) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let (out, first) = (seen.clone(), start.clone());
+        let task = tokio::spawn(async move {
+            let mut last = first;
+            loop {
+                tokio::time::sleep(SETTINGS_WATCH).await;
+                let at = started.elapsed().as_secs_f64();
+                let now = SettingsSeen::of(producer.stream_settings(), at);
+                if !now.same_settings(&last) {
+                    out.lock().expect("not poisoned").push(now.clone());
+                    last = now;
+                }
+            }
+        });
+        SettingsWatch {
+            seen,
+            task,
+            start,
+            started,
+        }
+    }
+
+    /// The changes seen, the settings in force at the end included.
+    fn finish(self, producer: &Producer) -> Vec<SettingsSeen> {
+        self.task.abort();
+        let mut seen = std::mem::take(&mut *self.seen.lock().expect("not poisoned"));
+        let end = SettingsSeen::of(
+            producer.stream_settings(),
+            self.started.elapsed().as_secs_f64(),
+        );
+        if !end.same_settings(seen.last().unwrap_or(&self.start)) {
+            seen.push(end);
+        }
+        seen
+    }
+}
+
 /// Runs `kpl produce`. `Err` only when the run cannot start.
 pub async fn run(args: ProduceArgs) -> Result<Report, String> {
-    let source = Source::open(&args.input)?;
+    let mut source = Source::open(&args.input)?;
     let target = target::connect(&args.target, &args.sim).await?;
     let producer = build_producer(&args, &target).await?;
+    if producer.stream_settings().auto_distribution() {
+        // The service places records itself: a line without a key is sent without one.
+        source.send_unkeyed();
+    }
+    let settings_at_start = SettingsSeen::of(producer.stream_settings(), 0.0);
+    let watch = SettingsWatch::start(producer.clone(), settings_at_start.clone());
     target.inject_faults()?;
     let examples = args.output.show_failures;
 
@@ -175,7 +238,7 @@ pub async fn run(args: ProduceArgs) -> Result<Report, String> {
         stream: target.stream.clone(),
         target: target.description.clone(),
         aggregation: args.producer.aggregation == OnOff::On,
-        record_size_limit: producer.max_record_size(),
+        stream_settings: settings_at_start,
         ..Report::default()
     };
     let invalid = |report: &mut Report, line: u64, message: String| {
@@ -254,6 +317,8 @@ pub async fn run(args: ProduceArgs) -> Result<Report, String> {
     let elapsed = started.elapsed();
     progress.finish_and_clear();
     let stats = producer.stats();
+    report.settings_changes = watch.finish(&producer);
+    report.record_size_limit = producer.max_record_size();
 
     let secs = elapsed.as_secs_f64().max(1e-9);
     report.records_put = outcomes.put;

@@ -134,6 +134,63 @@ pub struct FailureGroup {
     pub examples: Vec<Example>,
 }
 
+/// The stream's settings as the producer saw them at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SettingsSeen {
+    /// Seconds since the run started.
+    pub at_secs: f64,
+    /// `PROVISIONED`, `ON_DEMAND`, or `unknown` where the service does not report it.
+    pub mode: String,
+    /// `USER_PARTITION_KEY` or `AUTO`.
+    pub record_distribution: String,
+    /// The record size limit in force (data + partition key), bytes.
+    pub record_size_limit: usize,
+}
+
+impl SettingsSeen {
+    /// What the producer follows now.
+    pub fn of(live: &kinesis_producer::stream_settings::LiveSettings, at_secs: f64) -> Self {
+        SettingsSeen {
+            at_secs: (at_secs * 1000.0).round() / 1000.0,
+            mode: match live.on_demand() {
+                Some(true) => "ON_DEMAND",
+                Some(false) => "PROVISIONED",
+                None => "unknown",
+            }
+            .into(),
+            record_distribution: if live.auto_distribution() {
+                "AUTO"
+            } else {
+                "USER_PARTITION_KEY"
+            }
+            .into(),
+            record_size_limit: live.record_limit().bytes,
+        }
+    }
+
+    /// Whether both name the same settings (whenever they were seen).
+    pub fn same_settings(&self, other: &SettingsSeen) -> bool {
+        (
+            &self.mode,
+            &self.record_distribution,
+            self.record_size_limit,
+        ) == (
+            &other.mode,
+            &other.record_distribution,
+            other.record_size_limit,
+        )
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "{}, {}, record limit {}",
+            self.mode,
+            self.record_distribution,
+            bytes(self.record_size_limit as u64)
+        )
+    }
+}
+
 /// Everything `kpl produce` tells at the end.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
@@ -145,8 +202,12 @@ pub struct Report {
     pub target: String,
     /// Whether aggregation was on.
     pub aggregation: bool,
-    /// The record size limit in force (data + partition key), from the stream.
+    /// The record size limit in force at the end (data + partition key), from the stream.
     pub record_size_limit: usize,
+    /// The stream's settings when the run started.
+    pub stream_settings: SettingsSeen,
+    /// Every change of the stream's settings the producer saw during the run, in order.
+    pub settings_changes: Vec<SettingsSeen>,
     /// Input lines (or generated records) turned into records or found invalid.
     pub records_read: u64,
     /// Lines that could not become records (unparsable, missing key, rejected by `add`).
@@ -268,11 +329,10 @@ impl Report {
             thousands(self.requests),
             if self.aggregation { "on" } else { "off" }
         );
-        let _ = writeln!(
-            o,
-            "  record limit      {} (data + partition key)",
-            bytes(self.record_size_limit as u64)
-        );
+        let _ = writeln!(o, "  stream settings   {}", self.stream_settings.line());
+        for c in &self.settings_changes {
+            let _ = writeln!(o, "    changed at {:.2} s to {}", c.at_secs, c.line());
+        }
         let _ = writeln!(
             o,
             "  retries           {}   throttles {}   shard map refreshes {}",

@@ -120,10 +120,14 @@ async fn embedded(target: &TargetArgs, args: &SimArgs) -> Result<Target, String>
         .stream
         .clone()
         .unwrap_or_else(|| DEFAULT_STREAM.into());
-    let options = kinesis_sim::StreamOptions {
+    let mut options = kinesis_sim::StreamOptions {
         max_record_size_kib: args.max_record_size_kib,
         ..kinesis_sim::StreamOptions::new(shards)
     };
+    if args.auto_distribution {
+        options.mode = kinesis_sim::StreamMode::OnDemand;
+        options.distribution = kinesis_sim::RecordDistribution::Auto;
+    }
     sim.create_stream_with(&stream, options)
         .map_err(|e| format!("cannot create stream {stream:?} in kinesis-sim: {e}"))?;
     let ms = Duration::from_millis;

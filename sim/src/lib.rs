@@ -50,7 +50,7 @@
 //! ## Semantics
 //! * Hash ranges: shard `i` of `n` covers `[i*2^128/n, (i+1)*2^128/n - 1]`; routing by MD5 of
 //!   the partition key or by `ExplicitHashKey` (binary search over the open shards); under
-//!   `AUTO` round-robin over the open shards whatever the keys.
+//!   `AUTO` on a pseudo-random open shard whatever the keys.
 //! * Record size: each stream's `MaxRecordSizeInKiB` (1024-10240); PutRecords at most 500
 //!   records and 10 MiB of data and keys.
 //! * Sequence numbers: 56 decimal digits, unique per stream, increasing per shard.

@@ -234,7 +234,7 @@ impl Engine {
     /// A Kinesis record left the pipeline (answered, taken back or failed): its shard has one
     /// fewer outstanding.
     pub(super) fn returned(&mut self, r: &KRecord) {
-        let Some(&i) = self.shards.position(&r.shard) else {
+        let Some(i) = self.shards.origin_of(r) else {
             return;
         };
         let st = self.shards.state_mut(i);

@@ -58,6 +58,10 @@ impl Entry {
 pub(super) struct KRecord {
     /// The shard it was built for.
     pub shard: Arc<str>,
+    /// The identity of that shard's state ([`super::shard::ShardState::uid`]): a shard id can
+    /// come back with a new state (the stream switched to `AUTO` and back), which must not
+    /// count this record as its own.
+    pub origin: u64,
     pub entries: Vec<Entry>,
     pub aggregated: bool,
     /// The wire form; moved out when the request is built (a retry rebuilds it).
@@ -70,9 +74,10 @@ pub(super) struct KRecord {
 
 impl KRecord {
     /// A user record sent as it is.
-    pub fn single(shard: Arc<str>, e: Entry) -> Self {
+    pub fn single(shard: Arc<str>, origin: u64, e: Entry) -> Self {
         KRecord {
             shard,
+            origin,
             size: e.size(),
             oldest: e.arrival,
             wire: PutRecordsEntry {

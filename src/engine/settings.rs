@@ -74,7 +74,7 @@ impl Engine {
         if switched || limit_lowered {
             self.resort_unsent(now);
         }
-        self.s.live.set(new.auto_distribution, self.s.record_limit);
+        self.s.live.set(new, self.s.record_limit);
         self.telemetry
             .settings_changed(new.auto_distribution, self.s.record_limit.bytes);
     }

@@ -53,6 +53,8 @@ const IDLE_QUEUE_CAPACITY: usize = 64;
 
 pub(super) struct ShardState {
     pub info: ShardInfo,
+    /// Unique among the states the engine ever made (given by [`Shards::install`]).
+    pub uid: u64,
     pub queue: VecDeque<Entry>,
     pub queued_bytes: usize,
     pub sealed: Option<KRecord>,
@@ -79,6 +81,7 @@ impl ShardState {
     pub fn new(info: ShardInfo, limiter: ShardLimiter, telemetry: ShardTelemetry) -> Self {
         ShardState {
             info,
+            uid: 0,
             queue: VecDeque::new(),
             queued_bytes: 0,
             sealed: None,
@@ -169,13 +172,13 @@ impl ShardState {
         let first = self.pop_front().expect("caller checked the queue");
         let shard = self.info.id.clone();
         if !aggregation || first.plain || self.queue.is_empty() {
-            return KRecord::single(shard, first);
+            return KRecord::single(shard, self.uid, first);
         }
         let r = &first.record;
         if let TryPush::NoCapacity =
             aggregator.try_push(&r.partition_key, r.explicit_hash_key.as_deref(), &r.data)
         {
-            return KRecord::single(shard, first);
+            return KRecord::single(shard, self.uid, first);
         }
         let mut entries = vec![first];
         while let Some(next) = self.queue.front().filter(|e| !e.plain) {
@@ -187,11 +190,12 @@ impl ShardState {
         }
         let aggregate = aggregator.finish().expect("aggregate holds records");
         if entries.len() == 1 {
-            return KRecord::single(shard, entries.pop().expect("one entry"));
+            return KRecord::single(shard, self.uid, entries.pop().expect("one entry"));
         }
         let oldest = entries.iter().map(|e| e.arrival).min().expect("entries");
         KRecord {
             shard,
+            origin: self.uid,
             size: aggregate.data.len() + aggregate.partition_key.len(),
             // The outer hash key is the first sub-record's: inside the predicted shard's
             // range, so the aggregate lands on the shard all its sub-records were predicted for.
@@ -216,6 +220,8 @@ pub(super) struct Shards {
     ready: VecDeque<usize>,
     blocked: VecDeque<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// The next [`ShardState::uid`].
+    next_uid: u64,
 }
 
 impl Shards {
@@ -228,6 +234,7 @@ impl Shards {
             ready: VecDeque::new(),
             blocked: VecDeque::new(),
             timers: BinaryHeap::new(),
+            next_uid: 1,
         }
     }
 
@@ -352,9 +359,10 @@ impl Shards {
         self.states.iter_mut()
     }
 
-    /// The position of the shard with this id, if the map still has it.
-    pub fn position(&self, id: &str) -> Option<&usize> {
-        self.index.get(id)
+    /// The position of the shard a Kinesis record was built for, if its state still exists.
+    pub fn origin_of(&self, r: &KRecord) -> Option<usize> {
+        let &i = self.index.get(&r.shard)?;
+        (self.states[i].uid == r.origin).then_some(i)
     }
 
     /// The state of the shard with this id, if the map still has it.
@@ -417,7 +425,12 @@ impl Shards {
                     reset_limiter(&mut st);
                     st
                 }
-                None => new_state(info),
+                None => {
+                    let mut st = new_state(info);
+                    st.uid = self.next_uid;
+                    self.next_uid += 1;
+                    st
+                }
             })
             .collect();
         self.index = self

@@ -162,7 +162,7 @@ impl ProducerBuilder {
         let request_bytes = config.request_bytes_for(stream_settings.stream_record_limit());
         let record_limit = stream_settings.record_limit(request_bytes);
         config.validate_for_stream(record_limit.bytes)?;
-        let live = Arc::new(LiveSettings::new(summary.auto_distribution, record_limit));
+        let live = Arc::new(LiveSettings::new(stream_settings, record_limit));
 
         let now = Instant::now();
         let gauge = Arc::new(BufferGauge::new(

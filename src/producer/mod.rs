@@ -117,6 +117,12 @@ impl Producer {
         self.inner.live.record_limit().bytes
     }
 
+    /// The stream's settings as the producer follows them (record distribution, record size
+    /// limit, capacity mode, changes seen): atomics, cheap to read often.
+    pub fn stream_settings(&self) -> &LiveSettings {
+        &self.inner.live
+    }
+
     /// Validates and hashes a record: everything `add` checks before queueing.
     fn prepare(&self, record: UserRecord, reply: Option<Reply>) -> Result<Entry, AddError> {
         if self.inner.closed.load(AtomicOrdering::Acquire) {
@@ -233,6 +239,7 @@ impl Producer {
         let live = &self.inner.live;
         Stats {
             auto_distribution: live.auto_distribution(),
+            on_demand: live.on_demand(),
             record_size_limit: live.record_limit().bytes as u64,
             stream_settings_changes: live.changes(),
             stream_settings_reads: live.reads(),

@@ -240,6 +240,7 @@ impl Kinesis for FakeKinesis {
             Ok(StreamSummary {
                 max_record_size_kib: Some(1024),
                 auto_distribution: false,
+                on_demand: None,
                 status: "ACTIVE".into(),
             })
         })

@@ -3,7 +3,7 @@
 //! ExplicitHashKey pattern), then, once the stream is known and writable (`ACTIVE` or
 //! `UPDATING`), against the stream: ExplicitHashKey range, partition key required under
 //! `USER_PARTITION_KEY`, the stream's own record size, and the 10 MiB request limit. The
-//! stream then places each record (by hash key, or round-robin under `AUTO`), assigns
+//! stream then places each record (by hash key, or on a pseudo-random open shard under `AUTO`), assigns
 //! sequence numbers and applies the per-shard budgets record by record.
 
 use std::sync::Arc;

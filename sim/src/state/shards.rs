@@ -171,8 +171,8 @@ pub(crate) struct StreamState {
     /// Indices of open shards sorted by starting hash key.
     open: Vec<u32>,
     next_seq: u64,
-    /// Round-robin position for records without a hash key.
-    next_auto: usize,
+    /// Draws so far for records without a hash key (the input of their pseudo-random shard).
+    auto_draws: u64,
     pub limits: RateLimits,
     pub competing_share: f64,
     store: bool,
@@ -184,7 +184,7 @@ impl StreamState {
             shards: Vec::new(),
             open: Vec::new(),
             next_seq: 1,
-            next_auto: 0,
+            auto_draws: 0,
             limits,
             competing_share: 0.0,
             store,
@@ -247,14 +247,21 @@ impl StreamState {
         self.open.len()
     }
 
-    /// The open shard whose range contains `hash` (binary search), or for `None` the next
-    /// open shard in turn.
+    /// The open shard whose range contains `hash` (binary search), or for `None` (`AUTO`
+    /// distribution) a pseudo-random open shard: even over many records, and unrelated to the
+    /// order records arrive in, as the service's own placement is (a round robin would put a
+    /// producer's per-shard batches back on their shards by coincidence).
     fn place(&mut self, hash: Option<u128>) -> u32 {
         match hash {
             Some(h) => self.route(h),
             None => {
-                self.next_auto = (self.next_auto + 1) % self.open.len();
-                self.open[self.next_auto]
+                self.auto_draws += 1;
+                // splitmix64
+                let mut z = self.auto_draws.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                self.open[(z % self.open.len() as u64) as usize]
             }
         }
     }

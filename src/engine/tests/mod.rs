@@ -45,9 +45,10 @@ impl Harness {
         let stream_settings = StreamSettings {
             auto_distribution: !predict,
             max_record_size_kib: None,
+            on_demand: None,
         };
         let live = Arc::new(LiveSettings::new(
-            !predict,
+            stream_settings,
             stream_settings.record_limit(config.request_bytes_for(1 << 20)),
         ));
         let settings =

@@ -9,6 +9,7 @@ fn summary(auto_distribution: bool, kib: Option<u32>) -> Result<StreamSummary, C
     Ok(StreamSummary {
         max_record_size_kib: kib,
         auto_distribution,
+        on_demand: None,
         status: "ACTIVE".into(),
     })
 }
@@ -237,4 +238,31 @@ fn a_record_off_its_predicted_shard_reads_the_settings_at_once() {
     h.engine.on_stream_settings(summary(false, None), h.now);
     assert_eq!(h.engine.s.live.changes(), 0, "the same settings: no change");
     assert_eq!(h.engine.s.live.reads(), 1);
+}
+
+#[test]
+fn a_record_in_flight_across_a_switch_and_back_is_not_counted_by_the_new_shard_state() {
+    let cfg = ProducerConfig {
+        ordering: Ordering::PerShard,
+        ..config()
+    };
+    let mut h = Harness::new(2, cfg);
+    let mut a = h.add_to(0, 2, "k", "a");
+    let first = settle(&mut h);
+    assert_eq!(first.len(), 1);
+    h.engine.on_stream_settings(summary(true, None), h.now);
+    h.engine.on_stream_settings(summary(false, None), h.now);
+    let mut b = h.add_to(0, 2, "k", "b");
+    let second = settle(&mut h);
+    assert_eq!(
+        second.len(),
+        1,
+        "shard 0's new state has nothing outstanding"
+    );
+    // The old record's answer must not be counted against the new state (whose own record
+    // is outstanding): a count that went below zero would be caught at the next answer.
+    h.engine.on_response(first[0].0, Ok(stored_on(0, 1)), h.now);
+    h.ok_all(second[0].0, &second[0].1, 2);
+    assert!(outcome(&mut a).is_ok() && outcome(&mut b).is_ok());
+    assert_eq!(h.engine.ledger.held(), 0);
 }
