@@ -63,11 +63,19 @@ pub enum Ordering {
     /// No guarantee (like PutRecords): highest throughput.
     #[default]
     None,
-    /// Records with the same partition key are stored in `add` order, even under partial
-    /// failures: at most one request in flight per shard, one Kinesis record (an aggregate, with
-    /// aggregation on) per shard per request, and failed records retried before anything newer
-    /// of their shard. Without aggregation this sends one record per shard per round trip: turn
-    /// aggregation on for throughput.
+    /// Records with the same hash key (partition key, or explicit hash key) are stored in `add`
+    /// order as a KCL consumer reads them, even under partial failures and across resharding:
+    /// at most one Kinesis record in flight per shard (PutRecords promises no order within a
+    /// request), failed records retried before anything newer of their shard, and after a
+    /// split, merge or `UpdateShardCount` a new shard sends nothing until what the retired
+    /// shards of its range still had in flight has come back.
+    ///
+    /// The ceiling is one Kinesis record per shard per round trip. With aggregation that
+    /// record is an aggregate that grows while the previous one is in flight, up to a second of
+    /// the shard's bytes (1 MiB) within the record limit: the shard's full rate at round trips
+    /// up to about a second. Without aggregation it is `1 / round trip` records per second per
+    /// shard (50/s at 20 ms); the admission cap then holds `add` to what that rate sends in half
+    /// the TTL, so records wait in `add` rather than expire in the buffer.
     PerShard,
 }
 

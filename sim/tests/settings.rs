@@ -106,7 +106,8 @@ async fn on_demand_auto_distribution_and_record_size_through_the_api() {
         )
     );
 
-    // AUTO: the same key is spread evenly over the open shards; no key is fine.
+    // AUTO: the same key is spread over the open shards (pseudo-randomly, evenly on average);
+    // no key is fine.
     c.update_stream_record_distribution_strategy()
         .stream_arn(&arn)
         .record_distribution_strategy(RecordDistributionStrategy::Auto)
@@ -117,6 +118,7 @@ async fn on_demand_auto_distribution_and_record_size_through_the_api() {
         summary(&c, "od").await.record_distribution_strategy(),
         Some(&RecordDistributionStrategy::Auto)
     );
+    let same: Vec<_> = (0..400).map(|_| entry(Some("same"), 1)).collect();
     let out = c
         .put_records()
         .stream_name("od")
@@ -124,8 +126,14 @@ async fn on_demand_auto_distribution_and_record_size_through_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(per_shard(&out), vec![2, 2, 2, 2]);
-    let keyless: Vec<_> = (0..4).map(|_| entry(None, 1)).collect();
+    let spread = per_shard(&out);
+    assert!(
+        spread.len() == 4
+            && spread.iter().all(|&n| (70..=130).contains(&n))
+            && spread.iter().sum::<usize>() == 400,
+        "{spread:?}"
+    );
+    let keyless: Vec<_> = (0..400).map(|_| entry(None, 1)).collect();
     let out = c
         .put_records()
         .stream_name("od")
@@ -133,9 +141,11 @@ async fn on_demand_auto_distribution_and_record_size_through_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        (out.failed_record_count(), per_shard(&out)),
-        (Some(0), vec![1, 1, 1, 1])
+    let spread = per_shard(&out);
+    assert_eq!(out.failed_record_count(), Some(0));
+    assert!(
+        spread.len() == 4 && spread.iter().all(|&n| (70..=130).contains(&n)),
+        "{spread:?}"
     );
     c.put_record()
         .stream_name("od")
@@ -236,7 +246,13 @@ async fn on_demand_auto_distribution_and_record_size_through_the_api() {
         .send()
         .await
         .unwrap();
-    assert_eq!(out.failed_record_count(), Some(0));
+    // Accepted as a request; under AUTO two records may share a shard, whose byte rate then
+    // throttles the second: that is the only failure allowed.
+    assert!(
+        out.records().iter().all(|r| r.error_code().is_none()
+            || r.error_code() == Some("ProvisionedThroughputExceededException")),
+        "{out:?}"
+    );
     let four: Vec<_> = (0..4).map(|_| entry(Some("k"), three)).collect();
     let e = c
         .put_records()

@@ -120,10 +120,7 @@ impl Engine {
                     let due = st
                         .linger_due(self.s.config.max_buffered_time)
                         .expect("queue has a front");
-                    let full = st.full(
-                        self.s.config.aggregation_max_size,
-                        self.s.config.aggregation_max_count,
-                    );
+                    let full = st.full(self.s.aggregate_max, self.s.config.aggregation_max_count);
                     if !full && due > now {
                         st.wake = Some(due.min(deadline));
                         break;
@@ -234,15 +231,15 @@ impl Engine {
     /// A Kinesis record left the pipeline (answered, taken back or failed): its shard has one
     /// fewer outstanding.
     pub(super) fn returned(&mut self, r: &KRecord) {
-        let Some(i) = self.shards.origin_of(r) else {
-            return;
-        };
-        let st = self.shards.state_mut(i);
-        self.ledger.returned(&mut st.outstanding);
-        if st.outstanding.get() == 0 && st.holds() {
-            // Per-shard ordering waits for this; without it the shard may have been left
-            // with records when the in-flight limit was reached.
-            self.shards.mark_ready(i);
+        let mut counting = std::mem::take(&mut self.counting);
+        self.shards.counting(r, &mut counting);
+        for i in counting.drain(..) {
+            let st = self.shards.state_mut(i);
+            self.ledger.returned(&mut st.outstanding);
+            if st.outstanding.get() == 0 && st.holds() {
+                self.shards.mark_ready(i);
+            }
         }
+        self.counting = counting;
     }
 }

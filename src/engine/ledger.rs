@@ -26,6 +26,12 @@ impl Outstanding {
     pub fn get(&self) -> usize {
         self.0
     }
+
+    /// A retired shard whose range overlaps this one's still had `n` outstanding: they count
+    /// here until they come back (see [`super::shard::Shards::install`]).
+    pub fn inherit(&mut self, n: usize) {
+        self.0 += n;
+    }
 }
 
 struct FlushWaiter {

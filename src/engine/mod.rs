@@ -105,6 +105,10 @@ pub(crate) struct EngineSettings {
     pub record_limit: RecordLimit,
     /// The request byte limit in force (data + partition keys).
     pub request_bytes: usize,
+    /// Largest aggregate: `aggregation_max_size`, or under per-shard ordering (one Kinesis
+    /// record per shard per round trip) as much as a shard takes in a second, within the
+    /// record limit: an aggregate then grows with the round trip and carries a shard's rate.
+    pub aggregate_max: usize,
     /// The stream's settings as last read.
     pub stream_settings: StreamSettings,
     /// Where the settings in force are published for `add` and `stats()`.
@@ -134,11 +138,22 @@ impl EngineSettings {
             )),
             predict,
             record_limit: stream_settings.record_limit(request_bytes),
+            aggregate_max: aggregate_max(config, stream_settings.record_limit(request_bytes)),
             request_bytes,
             stream_settings,
             live,
             on_failure: None,
         }
+    }
+}
+
+/// See [`EngineSettings::aggregate_max`].
+pub(crate) fn aggregate_max(config: &ProducerConfig, limit: RecordLimit) -> usize {
+    match config.ordering {
+        crate::config::Ordering::PerShard => config
+            .aggregation_max_size
+            .max(limit.bytes.min(SHARD_BYTES_PER_SEC as usize)),
+        crate::config::Ordering::None => config.aggregation_max_size,
     }
 }
 
@@ -167,6 +182,8 @@ pub(crate) struct Engine {
     drains: u64,
     telemetry: Telemetry,
     scratch: Vec<Entry>,
+    /// Scratch for [`Engine::returned`].
+    counting: Vec<usize>,
 }
 
 impl Engine {
@@ -179,10 +196,7 @@ impl Engine {
         now: Instant,
     ) -> Self {
         let mut engine = Engine {
-            aggregator: Aggregator::new(
-                s.config.aggregation_max_size,
-                s.config.aggregation_max_count,
-            ),
+            aggregator: Aggregator::new(s.aggregate_max, s.config.aggregation_max_count),
             collector: Collector::new(s.config.max_records_per_request, s.request_bytes),
             refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
             settings_schedule: SettingsSchedule::new(
@@ -214,6 +228,7 @@ impl Engine {
             drains: 0,
             telemetry: Telemetry::new(stats, metrics, s.on_failure.clone(), now),
             scratch: Vec::new(),
+            counting: Vec::new(),
             s,
         };
         engine.install_map(map, now);
@@ -251,7 +266,7 @@ impl Engine {
         let flushing = self.ledger.flushing() || self.shutdown.is_some();
         let (aggregation, max_size, max_count) = (
             self.s.aggregation,
-            self.s.config.aggregation_max_size,
+            self.s.aggregate_max,
             self.s.config.aggregation_max_count,
         );
         // A shard lingering on a partial aggregate already has its timer: only a first record
@@ -330,6 +345,7 @@ impl Engine {
         self.install_map(ShardMap::new(shards), now);
         let mut retry_entries = Vec::new();
         for stored in std::mem::take(&mut self.parked) {
+            self.returned(&stored.record);
             self.check_stranded(stored, &mut retry_entries);
         }
         self.requeue(retry_entries, now);

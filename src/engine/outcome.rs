@@ -35,7 +35,6 @@ impl Engine {
         let mut retry_entries = Vec::new();
         let mut backoff_shards: Vec<Arc<str>> = Vec::new();
         for (record, result) in records.into_iter().zip(results) {
-            self.returned(&record);
             match result {
                 PutRecordsResultEntry::Ok {
                     shard_id,
@@ -61,6 +60,7 @@ impl Engine {
                     self.on_stored(stored, &mut retry_entries);
                 }
                 PutRecordsResultEntry::Err { code, message } => {
+                    self.returned(&record);
                     self.telemetry.error(&code);
                     let decision = retry::classify_code(&code);
                     if decision == (Decision::Retry { throttled: true }) {
@@ -214,13 +214,17 @@ impl Engine {
             self.telemetry.mispredicted();
             if stored.record.aggregated {
                 if self.shards.map.shard(&stored.shard_id).is_some() {
+                    self.returned(&stored.record);
                     self.check_stranded(stored, retry_entries);
                 } else {
+                    // Still outstanding: under per-shard ordering the shards of its range wait
+                    // until its stranded sub-records are back at the front of their queues.
                     self.parked.push(stored);
                 }
                 return;
             }
         }
+        self.returned(&stored.record);
         self.resolve_stored(stored);
     }
 
@@ -417,7 +421,10 @@ impl Engine {
                 }
             }
         }
-        all.extend(self.parked.drain(..).flat_map(|p| p.record.entries));
+        for p in std::mem::take(&mut self.parked) {
+            self.returned(&p.record);
+            all.extend(p.record.entries);
+        }
         for mut e in all {
             let attempts = std::mem::take(&mut e.attempts);
             self.resolve(e, Err(RecordError::ShutDown { attempts }));

@@ -60,6 +60,11 @@ impl Engine {
         self.s.request_bytes = self.s.config.request_bytes_for(new.stream_record_limit());
         self.s.record_limit = new.record_limit(self.s.request_bytes);
         self.collector.set_max_bytes(self.s.request_bytes);
+        self.s.aggregate_max = super::aggregate_max(&self.s.config, self.s.record_limit);
+        self.aggregator = crate::aggregation::Aggregator::new(
+            self.s.aggregate_max,
+            self.s.config.aggregation_max_count,
+        );
         self.admission
             .set_max_record_size(self.s.record_limit.bytes);
         let switched = new.auto_distribution != old.auto_distribution;

@@ -222,6 +222,11 @@ pub(super) struct Shards {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The next [`ShardState::uid`].
     next_uid: u64,
+    /// Position of each live state by uid.
+    by_uid: HashMap<u64, usize>,
+    /// Retired states that had Kinesis records outstanding → the states (uids) that took over
+    /// their range and inherited the count (a state retired in turn passes it on).
+    heirs: HashMap<u64, Vec<u64>>,
 }
 
 impl Shards {
@@ -235,6 +240,8 @@ impl Shards {
             blocked: VecDeque::new(),
             timers: BinaryHeap::new(),
             next_uid: 1,
+            by_uid: HashMap::new(),
+            heirs: HashMap::new(),
         }
     }
 
@@ -359,10 +366,27 @@ impl Shards {
         self.states.iter_mut()
     }
 
-    /// The position of the shard a Kinesis record was built for, if its state still exists.
-    pub fn origin_of(&self, r: &KRecord) -> Option<usize> {
-        let &i = self.index.get(&r.shard)?;
-        (self.states[i].uid == r.origin).then_some(i)
+    /// The positions of the states that count a Kinesis record as outstanding: the state it was
+    /// built from, or the heirs of that state's range if it was retired meanwhile.
+    pub fn counting(&self, r: &KRecord, out: &mut Vec<usize>) {
+        if let Some(&i) = self.by_uid.get(&r.origin) {
+            out.push(i); // the common case: no reshard since it was built
+            return;
+        }
+        let mut pending = vec![r.origin];
+        while let Some(uid) = pending.pop() {
+            if let Some(&i) = self.by_uid.get(&uid) {
+                out.push(i);
+            } else if let Some(heirs) = self.heirs.get(&uid) {
+                pending.extend(heirs);
+            }
+        }
+    }
+
+    /// Positions of the states whose ranges overlap `[start, end]` (states are in map order).
+    fn overlapping(&self, start: u128, end: u128) -> impl Iterator<Item = usize> + '_ {
+        let first = self.states.partition_point(|s| s.info.end < start);
+        (first..self.states.len()).take_while(move |&i| self.states[i].info.start <= end)
     }
 
     /// The state of the shard with this id, if the map still has it.
@@ -395,8 +419,10 @@ impl Shards {
     }
 
     /// Replaces the map. Shards that remain keep their state (`reset_limiter` may renew their
-    /// limiter); new shards get a fresh state from `new_state`. Returns the records queued for
-    /// shards that are gone, oldest first, to be queued again on the new map.
+    /// limiter); new shards get a fresh state from `new_state`. A shard that is gone with Kinesis
+    /// records outstanding passes the count to the shards that now hold its range, which wait
+    /// for them under per-shard ordering. Returns the records queued for shards that are gone,
+    /// oldest first, to be queued again on the new map.
     pub fn install(
         &mut self,
         map: ShardMap,
@@ -439,6 +465,12 @@ impl Shards {
             .enumerate()
             .map(|(i, s)| (s.info.id.clone(), i))
             .collect();
+        self.by_uid = self
+            .states
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.uid, i))
+            .collect();
         self.map = map;
         // Positions changed: rebuild the ready, blocked and timer sets from scratch.
         self.ready.clear();
@@ -450,6 +482,20 @@ impl Shards {
         self.mark_all_held();
         let mut orphans: Vec<ShardState> = old.into_values().collect();
         orphans.sort_by_key(|s| s.info.end);
+        // Per-key order across a reshard: a range's new shards wait for what the retired
+        // shard still has in flight (it may fail and be retried, ahead of newer records).
+        for o in &orphans {
+            let n = o.outstanding.get();
+            if n == 0 {
+                continue;
+            }
+            let heirs: Vec<usize> = self.overlapping(o.info.start, o.info.end).collect();
+            for &i in &heirs {
+                self.states[i].outstanding.inherit(n);
+            }
+            let uids = heirs.iter().map(|&i| self.states[i].uid).collect();
+            self.heirs.insert(o.uid, uids);
+        }
         orphans
             .iter_mut()
             .flat_map(|st| st.drain_held().collect::<Vec<_>>())

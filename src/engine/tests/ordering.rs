@@ -99,3 +99,77 @@ fn per_shard_ordering_one_request_in_flight_per_shard() {
     h.ok_all(id, &req, 2);
     assert!(outcome(&mut a2).is_ok());
 }
+
+#[test]
+fn after_a_split_the_child_waits_for_what_its_parent_has_in_flight() {
+    let cfg = ProducerConfig {
+        ordering: Ordering::PerShard,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    let half = 1u128 << 127;
+    let hash = half + 5; // the upper child's range
+    let add = |h: &mut Harness, d: &str| {
+        h.add(
+            UserRecord::new("k", d.to_string()).with_explicit_hash_key(hash.to_string()),
+            HashKey(hash),
+        )
+    };
+    let mut a = add(&mut h, "a");
+    h.advance(Duration::from_millis(100));
+    let first = h.poll_after_window();
+    assert_eq!(first.len(), 1);
+    let split = vec![
+        ShardInfo {
+            id: "shardId-000000000000".into(),
+            start: 0,
+            end: u128::MAX,
+            open: false,
+        },
+        ShardInfo {
+            id: "shardId-000000000001".into(),
+            start: 0,
+            end: half - 1,
+            open: true,
+        },
+        ShardInfo {
+            id: "shardId-000000000002".into(),
+            start: half,
+            end: u128::MAX,
+            open: true,
+        },
+    ];
+    h.engine.on_shard_map(Ok(split), h.now);
+    let mut b = add(&mut h, "b");
+    h.advance(Duration::from_millis(300));
+    assert!(
+        h.poll_after_window().is_empty(),
+        "the child holds the key's newer record while the parent's older one is in flight"
+    );
+    // The parent's request is throttled: the older record goes first on the child.
+    let throttled = err_entry("ProvisionedThroughputExceededException");
+    h.engine.on_response(first[0].0, Ok(vec![throttled]), h.now);
+    h.advance(Duration::from_secs(2));
+    let second = h.poll_after_window();
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        second[0].1.records.len(),
+        1,
+        "one record per shard per request"
+    );
+    assert_eq!(second[0].1.records[0].data.as_ref(), b"a");
+    let stored = PutRecordsResultEntry::Ok {
+        shard_id: "shardId-000000000002".into(),
+        sequence_number: "10".into(),
+    };
+    h.engine.on_response(second[0].0, Ok(vec![stored]), h.now);
+    assert!(outcome(&mut a).is_ok());
+    let third = h.poll_after_window();
+    assert_eq!(third[0].1.records[0].data.as_ref(), b"b");
+    let stored = PutRecordsResultEntry::Ok {
+        shard_id: "shardId-000000000002".into(),
+        sequence_number: "11".into(),
+    };
+    h.engine.on_response(third[0].0, Ok(vec![stored]), h.now);
+    assert!(outcome(&mut b).is_ok());
+}

@@ -241,7 +241,7 @@ fn a_record_off_its_predicted_shard_reads_the_settings_at_once() {
 }
 
 #[test]
-fn a_record_in_flight_across_a_switch_and_back_is_not_counted_by_the_new_shard_state() {
+fn a_record_in_flight_across_a_switch_and_back_holds_its_range_in_order_and_is_counted_once() {
     let cfg = ProducerConfig {
         ordering: Ordering::PerShard,
         ..config()
@@ -253,16 +253,20 @@ fn a_record_in_flight_across_a_switch_and_back_is_not_counted_by_the_new_shard_s
     h.engine.on_stream_settings(summary(true, None), h.now);
     h.engine.on_stream_settings(summary(false, None), h.now);
     let mut b = h.add_to(0, 2, "k", "b");
-    let second = settle(&mut h);
-    assert_eq!(
-        second.len(),
-        1,
-        "shard 0's new state has nothing outstanding"
+    assert!(
+        settle(&mut h).is_empty(),
+        "shard 0's new state waits for the record its range had in flight before the switches"
     );
-    // The old record's answer must not be counted against the new state (whose own record
-    // is outstanding): a count that went below zero would be caught at the next answer.
     h.engine.on_response(first[0].0, Ok(stored_on(0, 1)), h.now);
+    assert!(outcome(&mut a).is_ok());
+    let second = settle(&mut h);
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].1.records[0].data.as_ref(), b"b");
     h.ok_all(second[0].0, &second[0].1, 2);
-    assert!(outcome(&mut a).is_ok() && outcome(&mut b).is_ok());
+    assert!(outcome(&mut b).is_ok());
     assert_eq!(h.engine.ledger.held(), 0);
+    assert!(
+        h.engine.shards.iter().all(|s| s.outstanding.get() == 0),
+        "every count came back exactly once"
+    );
 }
