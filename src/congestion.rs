@@ -127,6 +127,11 @@ impl Concurrency {
         (self.limit as usize).clamp(1, self.max)
     }
 
+    /// The smoothed latency of a small request (one accounting quantum), once one was answered.
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.srtt.map(|(srtt, _)| Duration::from_secs_f64(srtt))
+    }
+
     /// How long to wait for the answer to a request of `bytes`.
     pub fn timeout(&self, bytes: usize) -> Duration {
         if !self.adaptive {

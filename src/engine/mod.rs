@@ -106,8 +106,8 @@ pub(crate) struct EngineSettings {
     /// The request byte limit in force (data + partition keys).
     pub request_bytes: usize,
     /// Largest aggregate: `aggregation_max_size`, or under per-shard ordering (one Kinesis
-    /// record per shard per round trip) as much as a shard takes in a second, within the
-    /// record limit: an aggregate then grows with the round trip and carries a shard's rate.
+    /// record per shard per round trip) [`ORDERED_AGGREGATE_MAX`]: an aggregate then grows with
+    /// the round trip and carries a shard's rate.
     pub aggregate_max: usize,
     /// The stream's settings as last read.
     pub stream_settings: StreamSettings,
@@ -147,12 +147,18 @@ impl EngineSettings {
     }
 }
 
+/// Largest aggregate under per-shard ordering: a quarter of a shard's bytes per second, so that
+/// one aggregate per round trip carries the shard's full rate up to a 250 ms round trip while
+/// several still fit in a second's budget (an aggregate the size of the whole budget is
+/// throttled whenever the service's accounting and the limiter's disagree by a little).
+pub(crate) const ORDERED_AGGREGATE_MAX: usize = SHARD_BYTES_PER_SEC as usize / 4;
+
 /// See [`EngineSettings::aggregate_max`].
 pub(crate) fn aggregate_max(config: &ProducerConfig, limit: RecordLimit) -> usize {
     match config.ordering {
         crate::config::Ordering::PerShard => config
             .aggregation_max_size
-            .max(limit.bytes.min(SHARD_BYTES_PER_SEC as usize)),
+            .max(limit.bytes.min(ORDERED_AGGREGATE_MAX)),
         crate::config::Ordering::None => config.aggregation_max_size,
     }
 }
@@ -376,9 +382,12 @@ impl Engine {
             expired = Vec::new(); // no high-water mark kept after a burst of expiries
         }
         self.scratch = expired;
+        // Under per-shard ordering a shard has one Kinesis record in flight: what the drain
+        // collected is all the ready shards have, and waiting would only add to the round trip.
+        let send_now = flushing || self.s.config.ordering == crate::config::Ordering::PerShard;
         if let Some(batch) =
             self.collector
-                .take_ready(now, self.s.config.max_buffered_time, flushing)
+                .take_ready(now, self.s.config.max_buffered_time, send_now)
         {
             self.outbox.push_back(batch);
         }
@@ -386,7 +395,8 @@ impl Engine {
         if now >= self.admission.next_tick() {
             self.admission
                 .tick((self.ledger.held(), self.ledger.bytes()), now);
-            self.ledger.set_cap(self.admission.cap());
+            // The round trip moves; the other capacities change only with the map.
+            self.update_capacity();
         }
         if now.saturating_duration_since(self.telemetry.last_published) >= STATS_PERIOD {
             self.publish_stats(now);
@@ -466,19 +476,43 @@ impl Engine {
         for e in orphans {
             self.shards.enqueue_back(e, now, |_| true);
         }
-        // What the stream can take: the limits of every open shard (of the whole stream under
-        // AUTO, where one pseudo-shard carries them all). Aggregated, the record limit applies
-        // to aggregates, not to user records.
-        let shards = self.shards.len() as f64 * scale;
-        let aggregation = self.s.aggregation;
-        self.admission.set_capacity(rate.map(|(records, bytes)| {
-            let records = if aggregation {
-                f64::INFINITY
-            } else {
-                records * shards
-            };
-            (records, bytes * shards)
-        }));
+        self.update_capacity();
+    }
+
+    /// Tells admission what the stream can take: the limits of every open shard (of the whole
+    /// stream under AUTO, where one pseudo-shard carries them all). Aggregated, the record limit
+    /// applies to aggregates, not to user records. Ordered and plain, a shard sends one record
+    /// per round trip: as many records per second as round trips, none counted before the
+    /// first answer (admission then starts at its floor and follows the measured drain).
+    fn update_capacity(&mut self) {
+        let scale = if self.s.predict {
+            1.0
+        } else {
+            self.shards.map.len().max(1) as f64
+        };
+        let states = self.shards.len() as f64;
+        let ordered_plain =
+            self.s.config.ordering == crate::config::Ordering::PerShard && !self.s.aggregation;
+        let per_round_trip = self
+            .concurrency
+            .round_trip()
+            .map_or(0.0, |rtt| 1.0 / rtt.as_secs_f64().max(1e-3));
+        let capacity = match self.s.shard_rate {
+            _ if ordered_plain => Some((
+                states
+                    * self
+                        .s
+                        .shard_rate
+                        .map_or(per_round_trip, |(r, _)| r.min(per_round_trip)),
+                self.s
+                    .shard_rate
+                    .map_or(f64::INFINITY, |(_, b)| b * states * scale),
+            )),
+            Some((_, bytes)) if self.s.aggregation => Some((f64::INFINITY, bytes * states * scale)),
+            Some((records, bytes)) => Some((records * states * scale, bytes * states * scale)),
+            None => None,
+        };
+        self.admission.set_capacity(capacity);
         self.ledger.set_cap(self.admission.cap());
     }
 
