@@ -211,13 +211,20 @@ mod tests {
         a.on_drained(4_000, 4_000_000);
         a.tick((100_000, 100_000_000), t0 + TICK * 2);
         assert_eq!(a.cap(), (30_000, 30_000_000));
-        // Holding exactly what drained is no backlog: the estimate stays.
+        // Holding exactly what drained is no backlog, in records or in bytes: the estimate
+        // stays.
         a.on_drained(100, 100);
         a.tick((100, 100), t0 + TICK * 3);
         assert_eq!(a.cap(), (30_000, 30_000_000));
+        a.on_drained(100, 100);
+        a.tick((100, 101), t0 + TICK * 4);
+        assert_eq!(a.cap(), (30_000, 30_000_000));
+        a.on_drained(100, 100);
+        a.tick((101, 100), t0 + TICK * 5);
+        assert_eq!(a.cap(), (30_000, 30_000_000));
         // A new measurement moves the estimate half way: 2,000/s then 4,000/s gives 3,000/s.
         a.on_drained(4_000, 4_000_000);
-        a.tick((100_000, 100_000_000), t0 + TICK * 4);
+        a.tick((100_000, 100_000_000), t0 + TICK * 6);
         assert_eq!(a.cap(), (45_000, 45_000_000));
     }
 
@@ -230,6 +237,22 @@ mod tests {
         a.tick((5_000, 500_000), t0 + TICK);
         assert_eq!(a.cap(), (MIN_RECORDS, MIN_BYTES));
         assert_eq!((MIN_RECORDS, MIN_BYTES), (1_000, 1 << 20));
+    }
+
+    #[test]
+    fn a_raised_record_limit_raises_the_byte_floor() {
+        let t0 = Instant::now();
+        let mut a = Admission::new(TTL, MAX, 1 << 20, t0);
+        a.set_capacity(Some((1.0, 1.0)));
+        assert_eq!(a.cap(), (MIN_RECORDS, 1 << 20));
+        a.set_max_record_size(4 << 20);
+        assert_eq!(
+            a.cap(),
+            (MIN_RECORDS, 4 << 20),
+            "a 4 MiB record can be admitted"
+        );
+        a.set_max_record_size(100);
+        assert_eq!(a.cap(), (MIN_RECORDS, MIN_BYTES));
     }
 
     #[test]

@@ -111,6 +111,14 @@ fn check_figures(seen: &Seen, l: &Labels, stats: &Stats) {
         stats.requests,
         "{l:?}"
     );
+    // The stream's settings in force, as gauges, and no change seen.
+    assert_eq!(
+        seen.gauge(RECORD_SIZE_LIMIT, l),
+        Some(stats.record_size_limit as f64),
+        "{l:?}"
+    );
+    assert_eq!(seen.gauge(AUTO_DISTRIBUTION, l), Some(0.0), "{l:?}");
+    assert_eq!(seen.counter(STREAM_SETTINGS_CHANGES, l), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,8 +184,10 @@ fn ordering_per_shard_stores_each_key_in_input_order_under_failures() {
             },
         )
         .unwrap();
-    // 500-byte lines: about 15 aggregates (of at most 50 KiB) per shard, so the faults hit.
-    let (text, _) = ndjson(1_500, 10, 470);
+    // 500-byte lines, 5 MB: ordered aggregates hold up to 256 KiB, so about 20 of them; with
+    // 30 % of Kinesis records failing, the faults hit (all 20 pass with probability 0.08 %).
+    const LINES: u64 = 10_000;
+    let (text, _) = ndjson(LINES as usize, 10, 470);
     let input = file(&text);
     let report = run_json(
         kpl(&s.sim.endpoint_url(), stream)
@@ -196,7 +198,7 @@ fn ordering_per_shard_stores_each_key_in_input_order_under_failures() {
             .args(["--ttl-ms", "120000", "--input"])
             .arg(input.path()),
     );
-    assert_eq!(n(&report, "records_put"), 1_500);
+    assert_eq!(n(&report, "records_put"), LINES);
     assert!(n(&report, "retries") > 0, "the faults hit: {report}");
     // Storage order (shard, sequence number) per key is input order, each record once.
     let mut by_key: HashMap<String, Vec<u64>> = HashMap::new();
@@ -210,7 +212,7 @@ fn ordering_per_shard_stores_each_key_in_input_order_under_failures() {
     assert_eq!(by_key.len(), 10);
     for (key, ns) in by_key {
         let k: u64 = key[1..].parse().unwrap();
-        let want: Vec<u64> = (0..150).map(|j| j * 10 + k).collect();
+        let want: Vec<u64> = (0..LINES / 10).map(|j| j * 10 + k).collect();
         assert_eq!(ns, want, "{key}: stored in input order");
     }
     s.rt.block_on(s.sim.shutdown());

@@ -523,5 +523,8 @@ impl Engine {
         });
         self.telemetry
             .publish(shards, self.ledger.held(), self.ledger.bytes(), now);
+        // Gauges are set again with the others, for recorders that drain them on each read.
+        self.telemetry
+            .settings(!self.s.predict, self.s.record_limit.bytes);
     }
 }
