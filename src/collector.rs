@@ -164,6 +164,20 @@ mod tests {
     }
 
     #[test]
+    fn a_new_byte_limit_applies_to_what_comes_next() {
+        let t = Instant::now();
+        let mut c = Collector::new(500, 1_000);
+        assert!(c.push(1, 600, t, t).is_none());
+        c.set_max_bytes(2_000);
+        assert!(c.push(2, 600, t, t).is_none(), "1,200 bytes fit in 2,000");
+        assert!(!c.is_full());
+        c.set_max_bytes(1_000);
+        assert!(c.is_full(), "1,200 bytes are over the lowered limit");
+        let b = c.push(3, 10, t, t).expect("closes the request");
+        assert_eq!(b.records, vec![1, 2]);
+    }
+
+    #[test]
     fn counts_what_waits() {
         let t = Instant::now();
         let mut c = Collector::new(3, 100);

@@ -257,6 +257,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    #[test]
+    fn latency_is_counted_per_quarter_mebibyte() {
+        assert_eq!(units(0), 1.0, "a small request counts as one unit");
+        assert_eq!(units(256 * 1024), 1.0);
+        assert_eq!(units(512 * 1024), 2.0);
+        assert_eq!(units(5 << 20), 20.0);
+    }
+
     /// A controller out of slow start at 32 requests, whose lowest latency is `latency`; the
     /// answers that got it there end before `t0`.
     fn warmed(latency: Duration, t0: Instant) -> Concurrency {

@@ -38,6 +38,10 @@ const EXIT_SETUP: u8 = 3;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The producer's log on stderr: warnings by default (throttling, expiries, endpoint
+    /// back-off), -v adds shard map and stream settings changes, -vv every map refresh.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -294,6 +298,14 @@ pub struct OutputArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(match cli.verbose {
+            0 => tracing_subscriber::filter::LevelFilter::WARN,
+            1 => tracing_subscriber::filter::LevelFilter::INFO,
+            _ => tracing_subscriber::filter::LevelFilter::DEBUG,
+        })
+        .init();
     let Command::Produce(args) = cli.command;
     if args.target.endpoint_url.is_some() || args.target.aws {
         let given = args.sim.given();

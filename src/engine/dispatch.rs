@@ -26,18 +26,26 @@ pub(super) struct EndpointBackoff {
 
 impl EndpointBackoff {
     /// A response with per-record results arrived.
-    pub fn answered(&mut self) {
+    ///
+    /// Returns whether this ends a back-off.
+    pub fn answered(&mut self) -> bool {
+        let was_backing_off = self.failures >= ENDPOINT_BACKOFF_AFTER;
         self.backoff.reset();
         self.until = None;
         self.failures = 0;
+        was_backing_off
     }
 
-    /// A whole request failed with a retryable error.
-    pub fn failed(&mut self, now: Instant) {
+    /// A whole request failed with a retryable error. Returns the pause if this starts a
+    /// back-off (later failures only lengthen it).
+    pub fn failed(&mut self, now: Instant) -> Option<std::time::Duration> {
         self.failures += 1;
         if self.failures >= ENDPOINT_BACKOFF_AFTER {
-            self.until = Some(now + self.backoff.next_delay());
+            let delay = self.backoff.next_delay();
+            self.until = Some(now + delay);
+            return (self.failures == ENDPOINT_BACKOFF_AFTER).then_some(delay);
         }
+        None
     }
 
     /// When sending may resume, if it is paused at `now`.

@@ -232,7 +232,7 @@ impl Engine {
             ),
             round_robin: 0,
             drains: 0,
-            telemetry: Telemetry::new(stats, metrics, s.on_failure.clone(), now),
+            telemetry: Telemetry::new(s.stream.as_str(), stats, metrics, s.on_failure.clone(), now),
             scratch: Vec::new(),
             counting: Vec::new(),
             s,
@@ -344,7 +344,9 @@ impl Engine {
             }
         };
         self.refresh.finished(true, now);
-        self.telemetry.map_refreshed();
+        let open_after = shards.iter().filter(|s| s.open).count();
+        self.telemetry
+            .map_refreshed(self.shards.map.open_shards().len(), open_after);
         if std::mem::take(&mut self.resume_aggregation) {
             self.s.aggregation = true;
         }

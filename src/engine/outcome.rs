@@ -31,7 +31,9 @@ impl Engine {
         now: Instant,
     ) -> Vec<Entry> {
         let duration = now.saturating_duration_since(start);
-        self.endpoint.answered();
+        if self.endpoint.answered() {
+            self.telemetry.endpoint_backoff(None);
+        }
         let mut retry_entries = Vec::new();
         let mut backoff_shards: Vec<Arc<str>> = Vec::new();
         for (record, result) in records.into_iter().zip(results) {
@@ -112,7 +114,9 @@ impl Engine {
         };
         let retryable = matches!(decision, Decision::Retry { .. });
         if retryable {
-            self.endpoint.failed(now);
+            if let Some(delay) = self.endpoint.failed(now) {
+                self.telemetry.endpoint_backoff(Some(delay));
+            }
         }
         // Timeouts, dropped connections and retryable whole-request errors are congestion; a
         // final error is an ordinary answer.
@@ -242,6 +246,7 @@ impl Engine {
             sequence_number,
             attempt,
         } = stored;
+        let stranded_before = retry_entries.len();
         for (i, mut e) in record.entries.into_iter().enumerate() {
             if range.contains(e.hash_key) {
                 e.attempts.push(attempt.clone());
@@ -256,7 +261,6 @@ impl Engine {
                     }),
                 );
             } else {
-                self.telemetry.stranded();
                 e.attempts.push(Attempt {
                     error_code: Some(STRANDED_CODE.into()),
                     error_message: Some(
@@ -268,6 +272,10 @@ impl Engine {
                 e.plain = true;
                 retry_entries.push(e);
             }
+        }
+        let stranded = retry_entries.len() - stranded_before;
+        if stranded > 0 {
+            self.telemetry.stranded(stranded, &shard_id);
         }
     }
 

@@ -1,6 +1,12 @@
 //! Telemetry: turns each engine event into its `stats()` counters, its `metrics` and, for a
 //! fire-and-forget record that fails, the user's callback, so the engine names an event once
 //! instead of updating three sinks side by side.
+//!
+//! It also writes `tracing` events (target `kinesis_producer`; the library installs no
+//! subscriber): a shard map refreshed (shard counts before and after), the stream's settings
+//! changed, stranded sub-records re-sent, the endpoint back-off entered and left (a warning), and,
+//! at most once per stats period, throttling (the stream's total and the most throttled shards)
+//! and records expired (a warning). Nothing is written per record.
 
 use super::entry::Entry;
 use crate::error::RecordError;
@@ -12,6 +18,8 @@ use std::time::{Duration, Instant};
 
 /// How often per-shard stats are published to handles.
 pub(super) const STATS_PERIOD: Duration = Duration::from_secs(1);
+/// Most shards named in one throttling event.
+const THROTTLED_SHARDS_LOGGED: usize = 5;
 
 pub(super) struct Telemetry {
     pub(super) stats: Arc<SharedStats>,
@@ -19,6 +27,9 @@ pub(super) struct Telemetry {
     on_failure: Option<FailureCallback>,
     /// When per-shard stats were last published.
     pub last_published: Instant,
+    /// Throttles and expiries as of the last event about them.
+    logged: (u64, u64),
+    stream: Arc<str>,
 }
 
 /// One shard's counters and metric handles.
@@ -29,6 +40,7 @@ pub(super) struct ShardTelemetry {
 
 impl Telemetry {
     pub fn new(
+        stream: &str,
         stats: Arc<SharedStats>,
         metrics: Metrics,
         on_failure: Option<FailureCallback>,
@@ -39,6 +51,8 @@ impl Telemetry {
             metrics,
             on_failure,
             last_published: now,
+            logged: (0, 0),
+            stream: stream.into(),
         }
     }
 
@@ -138,9 +152,28 @@ impl Telemetry {
     }
 
     /// A sub-record stored outside its shard's range is sent again.
-    pub fn stranded(&self) {
-        SharedStats::add(&self.stats.stranded_resent, 1);
-        self.metrics.stranded.increment(1);
+    /// `n` sub-records of one aggregate stored on `shard` lie outside its range: re-sent.
+    pub fn stranded(&self, n: usize, shard: &str) {
+        SharedStats::add(&self.stats.stranded_resent, n as u64);
+        self.metrics.stranded.increment(n as u64);
+        tracing::info!(
+            stream = &*self.stream,
+            shard,
+            stranded = n,
+            "sub-records of an aggregate stored outside their shard's range: re-sent plain"
+        );
+    }
+
+    /// The endpoint back-off started (`Some(delay)`) or ended (`None`).
+    pub fn endpoint_backoff(&self, delay: Option<Duration>) {
+        match delay {
+            Some(delay) => tracing::warn!(
+                stream = &*self.stream,
+                ?delay,
+                "endpoint failing: requests paused (back-off entered)"
+            ),
+            None => tracing::info!(stream = &*self.stream, "endpoint answering: back-off left"),
+        }
     }
 
     pub fn mispredicted(&self) {
@@ -151,6 +184,16 @@ impl Telemetry {
     pub fn settings_changed(&self, auto_distribution: bool, record_limit: usize) {
         self.metrics.settings_changes.increment(1);
         self.settings(auto_distribution, record_limit);
+        tracing::info!(
+            stream = &*self.stream,
+            record_distribution = if auto_distribution {
+                "AUTO"
+            } else {
+                "USER_PARTITION_KEY"
+            },
+            record_size_limit = record_limit,
+            "stream settings changed"
+        );
     }
 
     /// The settings in force, as gauges.
@@ -161,9 +204,23 @@ impl Telemetry {
             .set(if auto_distribution { 1.0 } else { 0.0 });
     }
 
-    pub fn map_refreshed(&self) {
+    pub fn map_refreshed(&self, open_before: usize, open_after: usize) {
         SharedStats::add(&self.stats.shard_map_refreshes, 1);
         self.metrics.refreshes.increment(1);
+        if open_before == open_after {
+            tracing::debug!(
+                stream = &*self.stream,
+                shards = open_after,
+                "shard map refreshed"
+            );
+        } else {
+            tracing::info!(
+                stream = &*self.stream,
+                shards_before = open_before,
+                shards_after = open_after,
+                "shard map refreshed: open shards changed"
+            );
+        }
     }
 
     /// Publishes per-shard stats to handles and the pending gauges to metrics.
@@ -176,10 +233,56 @@ impl Telemetry {
     ) {
         self.last_published = now;
         let shards: Vec<ShardStats> = shards.collect();
-        if let Ok(mut guard) = self.stats.shards.lock() {
-            *guard = shards;
+        let stats = self.stats.clone();
+        if let Ok(mut guard) = stats.shards.lock() {
+            let previous = std::mem::replace(&mut *guard, shards);
+            self.log_period(&previous, &guard);
         }
         self.metrics.records_pending.set(held as f64);
         self.metrics.bytes_pending.set(bytes as f64);
+    }
+
+    /// Throttling and expiry since the last period, one event each at most.
+    fn log_period(&mut self, previous: &[ShardStats], now: &[ShardStats]) {
+        let throttles = self
+            .stats
+            .throttles
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let expired = self
+            .stats
+            .records_expired
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if throttles > self.logged.0 {
+            let before: std::collections::HashMap<&str, u64> = previous
+                .iter()
+                .map(|s| (s.shard_id.as_str(), s.throttles))
+                .collect();
+            let mut rising: Vec<(u64, &str)> = now
+                .iter()
+                .filter_map(|s| {
+                    let d = s.throttles - before.get(s.shard_id.as_str()).copied().unwrap_or(0);
+                    (d > 0).then_some((d, s.shard_id.as_str()))
+                })
+                .collect();
+            rising.sort_unstable_by(|a, b| b.cmp(a));
+            let shards = rising.len();
+            rising.truncate(THROTTLED_SHARDS_LOGGED);
+            // Expected at the stream's limit: information, not a warning.
+            tracing::info!(
+                stream = &*self.stream,
+                throttled = throttles - self.logged.0,
+                shards,
+                most = ?rising,
+                "Kinesis records throttled by the service (ProvisionedThroughputExceeded)"
+            );
+        }
+        if expired > self.logged.1 {
+            tracing::warn!(
+                stream = &*self.stream,
+                expired = expired - self.logged.1,
+                "records expired before they were stored (record_ttl)"
+            );
+        }
+        self.logged = (throttles, expired);
     }
 }

@@ -164,6 +164,17 @@ impl ProducerBuilder {
         config.validate_for_stream(record_limit.bytes)?;
         let live = Arc::new(LiveSettings::new(stream_settings, record_limit));
 
+        tracing::info!(
+            stream = stream.as_str(),
+            shards = map.len(),
+            record_distribution = if summary.auto_distribution {
+                "AUTO"
+            } else {
+                "USER_PARTITION_KEY"
+            },
+            record_size_limit = record_limit.bytes,
+            "producer started"
+        );
         let now = Instant::now();
         let gauge = Arc::new(BufferGauge::new(
             config.max_buffered_records,
