@@ -18,11 +18,12 @@
 //! - a timeout, a dropped connection or a whole-request 5xx or throttling error is congestion:
 //!   the limit halves (at most once per round trip).
 //!
-//! The request timeout follows the same samples, as TCP's retransmission timer does: at least
-//! the configured `request_timeout`, stretched to `srtt + 4 · rttvar` or to [`TIMEOUT_MARGIN`]
-//! × the slowest latency seen in the window × the requests in flight (an endpoint that works
-//! on requests side by side takes longer for each the more it has), whichever is longer, when
-//! the endpoint is slower than that, and doubled after each timeout until an answer comes (Karn's rule). A request
+//! The request timeout follows the same samples: at least the configured `request_timeout`,
+//! stretched to [`TIMEOUT_MARGIN`] × the slowest latency seen in the current and the previous
+//! window × the requests in flight (an endpoint that works on requests side by side takes
+//! longer for each the more it has) when the endpoint is slower than that, and doubled after
+//! each timeout until an answer comes (Karn's rule). (TCP's `srtt + 4 · rttvar` is not used: it
+//! never exceeds that bound by more than the last window's samples already show.) A request
 //! abandoned while the endpoint is still storing it is sent again and stored twice, so the
 //! timer errs long: it is for a dead connection, not for a slow answer. Before the first
 //! answer, when nothing is known of the endpoint, a request gets the configured timeout per MiB
@@ -78,8 +79,8 @@ pub struct Concurrency {
     min_latency: Option<(f64, Instant)>,
     /// Highest latency per unit seen in the current and the previous window (seconds).
     max_latency: (f64, f64),
-    /// Smoothed latency per unit and its mean deviation, in seconds (RFC 6298).
-    srtt: Option<(f64, f64)>,
+    /// Smoothed latency per unit, in seconds (RFC 6298's gain of 1/8).
+    srtt: Option<f64>,
     /// Timeouts in a row: each doubles the timeout.
     timeouts: u32,
     last_decrease: Option<Instant>,
@@ -129,7 +130,7 @@ impl Concurrency {
 
     /// The smoothed latency of a small request (one accounting quantum), once one was answered.
     pub fn round_trip(&self) -> Option<Duration> {
-        self.srtt.map(|(srtt, _)| Duration::from_secs_f64(srtt))
+        self.srtt.map(Duration::from_secs_f64)
     }
 
     /// How long to wait for the answer to a request of `bytes`.
@@ -144,10 +145,9 @@ impl Concurrency {
             return Duration::from_secs_f64(t.min(MAX_TIMEOUT.as_secs_f64()))
                 .max(self.min_timeout.min(MAX_TIMEOUT));
         }
-        let rto = self
-            .srtt
-            .map_or(0.0, |(srtt, rttvar)| srtt + 4.0 * rttvar)
-            .max(TIMEOUT_MARGIN * self.max_latency.0.max(self.max_latency.1) * self.limit() as f64)
+        let rto = TIMEOUT_MARGIN
+            * self.max_latency.0.max(self.max_latency.1)
+            * self.limit() as f64
             * units(bytes);
         let base = self.min_timeout.as_secs_f64().max(rto);
         let backed_off = base * f64::from(1u32 << self.timeouts.min(10));
@@ -164,13 +164,10 @@ impl Concurrency {
         self.timeouts = 0;
         let units = units(bytes);
         let sample = latency.as_secs_f64() / units;
-        self.srtt = Some(match self.srtt {
-            None => (sample, sample / 2.0),
-            Some((srtt, rttvar)) => (
-                0.875 * srtt + 0.125 * sample,
-                0.75 * rttvar + 0.25 * (srtt - sample).abs(),
-            ),
-        });
+        self.srtt = Some(
+            self.srtt
+                .map_or(sample, |srtt| 0.875 * srtt + 0.125 * sample),
+        );
         if let Some((started, restore)) = self.probe {
             // Only a request sent once the probe began saw an empty endpoint.
             if now.checked_sub(latency).is_some_and(|sent| sent >= started) {
@@ -194,7 +191,7 @@ impl Concurrency {
                 self.min_latency = Some((min, since));
                 min
             }
-            Some((min, _)) if self.srtt.is_some_and(|(srtt, _)| srtt > min + slack) => {
+            Some((min, _)) if self.srtt.is_some_and(|srtt| srtt > min + slack) => {
                 self.probe = Some((now, self.limit));
                 return;
             }
@@ -283,6 +280,96 @@ mod tests {
         assert_eq!(c.timeout(1_000), Duration::from_secs(6));
         assert_eq!(c.timeout(5 << 20), Duration::from_secs(30));
         assert_eq!(c.timeout(100 << 20), MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn before_any_answer_each_timeout_doubles_the_timeout() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        c.on_congestion(true, t0);
+        c.on_congestion(true, t0 + Duration::from_secs(30));
+        assert_eq!(c.timeout(1_000), Duration::from_secs(24));
+        assert_eq!(c.timeout(2 << 20), Duration::from_secs(48));
+    }
+
+    #[test]
+    fn the_round_trip_is_smoothed_per_unit() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(6));
+        assert_eq!(c.round_trip(), None);
+        // 200 ms for two quanta: 100 ms a unit.
+        c.on_answer(ms(200), 2 * QUANTUM, t0);
+        assert_eq!(c.round_trip(), Some(ms(100)));
+        // The next sample moves it an eighth of the way: 100 + (300 - 100) / 8 = 125 ms.
+        c.on_answer(ms(300), 0, t0 + ms(1));
+        assert_eq!(c.round_trip(), Some(ms(125)));
+    }
+
+    #[test]
+    fn a_slow_latency_is_forgotten_after_two_windows() {
+        let t0 = Instant::now();
+        let mut c = Concurrency::new(32, Duration::from_secs(1));
+        c.on_answer(Duration::from_secs(2), 0, t0);
+        assert!(c.timeout(0) >= Duration::from_secs(8), "{:?}", c.timeout(0));
+        c.on_answer(ms(10), 0, t0 + MIN_LATENCY_WINDOW + ms(1));
+        assert!(
+            c.timeout(0) >= Duration::from_secs(8),
+            "the previous window still counts"
+        );
+        c.on_answer(ms(10), 0, t0 + 2 * MIN_LATENCY_WINDOW + ms(2));
+        assert_eq!(
+            c.timeout(0),
+            Duration::from_secs(1),
+            "both windows fast now"
+        );
+    }
+
+    #[test]
+    fn a_steady_latency_across_windows_starts_no_probe() {
+        let t0 = Instant::now();
+        let mut c = warmed(ms(100), t0);
+        // A new window with the same latency: the smoothed latency is not above the lowest by
+        // the slack, so the limit stays (a probe would drop it to one).
+        c.on_answer(ms(100), 0, t0 + MIN_LATENCY_WINDOW + ms(1));
+        c.on_answer(ms(100), 0, t0 + MIN_LATENCY_WINDOW + ms(2));
+        assert_eq!(c.limit(), 32);
+    }
+
+    #[test]
+    fn a_large_request_taking_its_size_in_latency_is_not_queueing() {
+        let t0 = Instant::now();
+        let mut c = warmed(ms(100), t0);
+        c.on_congestion(false, t0);
+        let limit = c.limit();
+        // Four quanta in four times the lowest latency (above the 2× tolerance for one unit).
+        for i in 1..=20 {
+            c.on_answer(ms(400), 4 * QUANTUM, t0 + ms(200 * i));
+        }
+        assert!(c.limit() > limit, "{} after {limit}", c.limit());
+    }
+
+    #[test]
+    fn congestion_during_a_probe_lowers_the_limit_it_restores() {
+        let t0 = Instant::now();
+        let mut c = warmed(ms(100), t0);
+        // Slow answers within the window: the smoothed latency climbs far above the lowest.
+        for i in 1..=10 {
+            c.on_answer(Duration::from_secs(3), 0, t0 + Duration::from_secs(i));
+        }
+        let before = c.limit();
+        assert!(before >= 4, "a limit worth halving: {before}");
+        // The next window's first answer starts a probe: one request, `before` to restore.
+        let t1 = t0 + MIN_LATENCY_WINDOW + Duration::from_secs(1);
+        c.on_answer(Duration::from_secs(3), 0, t1);
+        assert_eq!(c.limit(), 1, "probing");
+        c.on_congestion(false, t1 + Duration::from_secs(10));
+        // The probe's request (sent after it began) is answered: the halved limit returns.
+        c.on_answer(ms(100), 0, t1 + Duration::from_secs(20));
+        let after = c.limit();
+        assert!(
+            (before / 2..=before / 2 + 1).contains(&after),
+            "{before} halved during the probe, restored as {after}"
+        );
     }
 
     #[test]

@@ -269,16 +269,17 @@ impl Engine {
             );
             return;
         }
-        let flushing = self.ledger.flushing() || self.shutdown.is_some();
         let (aggregation, max_size, max_count) = (
             self.s.aggregation,
             self.s.aggregate_max,
             self.s.config.aggregation_max_count,
         );
         // A shard lingering on a partial aggregate already has its timer: only a first record
-        // (which starts the linger) or a full aggregate needs a drain.
+        // (which starts the linger) or a full aggregate needs a drain. (During a flush or a
+        // shutdown a shard does not linger: one with records waits only for its limiter or the
+        // in-flight limit, which wake it themselves.)
         self.shards.enqueue_back(entry, now, |st| {
-            !aggregation || flushing || st.queue.len() == 1 || st.full(max_size, max_count)
+            !aggregation || st.queue.len() == 1 || st.full(max_size, max_count)
         });
     }
 

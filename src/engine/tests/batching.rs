@@ -135,6 +135,34 @@ fn flush_resolves_after_everything_before_it() {
 }
 
 #[test]
+fn a_record_added_during_shutdown_goes_at_once_and_after_the_deadline_fails() {
+    let cfg = ProducerConfig {
+        shutdown_timeout: Duration::from_secs(1),
+        ..agg_config()
+    };
+    let mut h = Harness::new(1, cfg);
+    h.engine.on_shutdown(None, h.now);
+    let mut a = h.add_to(0, 1, "k", "a");
+    let mut b = h.add_to(0, 1, "k", "b");
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1, "no linger while shutting down");
+    assert_eq!(sent[0].1.records.len(), 1, "one aggregate of both");
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    assert!(outcome(&mut a).is_ok() && outcome(&mut b).is_ok());
+    h.advance(Duration::from_millis(999));
+    let mut c = h.add_to(0, 1, "k", "c");
+    assert!(
+        pending(&mut c),
+        "before the deadline a record is still taken"
+    );
+    h.advance(MS);
+    let mut d = h.add_to(0, 1, "k", "d");
+    assert!(matches!(outcome(&mut d), Err(RecordError::ShutDown { .. })));
+    let _ = h.poll();
+    assert!(matches!(outcome(&mut c), Err(RecordError::ShutDown { .. })));
+}
+
+#[test]
 fn shutdown_drains_then_fails_what_is_left_at_the_deadline() {
     let cfg = ProducerConfig {
         shutdown_timeout: Duration::from_secs(1),
