@@ -186,3 +186,4 @@ mod failures;
 mod ordering;
 mod scheduling;
 mod settings;
+mod wakeups;

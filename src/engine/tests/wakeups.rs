@@ -1,0 +1,180 @@
+//! What `poll` does on its own schedule and what `next_deadline` promises: stats published once a
+//! period, admission measured once a tick, the shutdown answered only once drained, wake-ups
+//! only while something is held or due, scratch memory given back after a burst.
+
+use super::*;
+
+#[test]
+fn an_idle_engine_sleeps_until_its_next_read_and_a_busy_one_wakes_each_period() {
+    let mut h = Harness::new(1, config());
+    let _ = h.poll();
+    let idle = h.engine.next_deadline().expect("reads are scheduled");
+    assert!(
+        idle >= h.now + Duration::from_secs(40),
+        "nothing held: no wake-up before the map and settings reads, {:?}",
+        idle - h.now
+    );
+    let _rx = h.add_to(0, 1, "k", "d");
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll_after_window();
+    assert_eq!(sent.len(), 1);
+    // The record is in flight and nothing else is due: the stats period still wakes it.
+    let busy = h.engine.next_deadline().expect("a wake-up");
+    assert!(busy <= h.now + STATS_PERIOD, "{:?}", busy - h.now);
+}
+
+#[test]
+fn a_batch_waiting_for_in_flight_room_is_not_due_at_once() {
+    // Adaptive concurrency starts with one request in flight. A 600-byte record, then one that
+    // fills a 1,000-byte request alone, close two requests in one drain.
+    let cfg = ProducerConfig {
+        adaptive_concurrency: true,
+        rate_limiting: false,
+        max_request_bytes: Some(1_000),
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    h.add_to(0, 1, "k", &"a".repeat(599));
+    h.add_to(0, 1, "k", &"b".repeat(999));
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1, "one request in flight");
+    assert_eq!(h.engine.outbox.len(), 1, "the other waits in the outbox");
+    let next = h.engine.next_deadline().expect("a wake-up");
+    assert!(next > h.now, "no room in flight: nothing to do at once");
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    let next = h.engine.next_deadline().expect("a wake-up");
+    assert!(next <= h.now, "room freed: dispatch at once");
+}
+
+#[test]
+fn a_batch_held_by_the_endpoint_back_off_is_due_when_it_ends() {
+    let cfg = ProducerConfig {
+        rate_limiting: false,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    h.add_to(0, 1, "k", "d");
+    let unavailable = || ClientError::service("ServiceUnavailable", "down", 503);
+    for _ in 0..2 {
+        h.advance(Duration::from_millis(100));
+        let sent = h.poll_after_window();
+        assert_eq!(sent.len(), 1);
+        h.engine.on_response(sent[0].0, Err(unavailable()), h.now);
+    }
+    assert!(
+        h.poll_after_window().is_empty(),
+        "nothing goes during the back-off"
+    );
+    assert!(!h.engine.outbox.is_empty(), "held by the back-off");
+    let until = h.engine.endpoint.until().expect("backing off");
+    assert_eq!(h.engine.next_deadline(), Some(until));
+}
+
+#[test]
+fn stats_are_published_once_a_period() {
+    let mut h = Harness::new(1, config());
+    let _ = h.poll();
+    let _rx = h.add_to(0, 1, "k", "d");
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll_after_window();
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    let _ = h.poll();
+    let published = |h: &Harness| {
+        h.engine
+            .telemetry
+            .stats
+            .shards
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.kinesis_records_put)
+            .sum::<u64>()
+    };
+    assert_eq!(published(&h), 0, "not before the period ends");
+    h.advance(STATS_PERIOD);
+    let _ = h.poll();
+    assert_eq!(published(&h), 1);
+}
+
+#[test]
+fn admission_measures_a_stalled_drain_once_a_tick() {
+    let mut h = Harness::new(1, config());
+    let full = h.engine.admission.cap();
+    for i in 0..2_000 {
+        h.add_to(0, 1, &format!("k{i}"), "d");
+    }
+    // Requests go out and are never answered: nothing drains for three ticks.
+    for _ in 0..3 {
+        let _ = h.poll();
+        h.advance(crate::admission::TICK);
+    }
+    let _ = h.poll();
+    let cap = h.engine.admission.cap();
+    assert!(cap.0 < full.0, "the cap fell from {full:?} to {cap:?}");
+    assert_eq!(cap.0, crate::admission::MIN_RECORDS);
+}
+
+#[test]
+fn shutdown_is_answered_only_once_everything_is_resolved() {
+    let mut h = Harness::new(1, config());
+    let mut rx = h.add_to(0, 1, "k", "d");
+    let (stx, mut srx) = oneshot::channel();
+    h.engine.on_shutdown(Some(stx), h.now);
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    assert!(srx.try_recv().is_err(), "a record is still in flight");
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    assert!(outcome(&mut rx).is_ok());
+    let _ = h.poll();
+    assert_eq!(srx.try_recv(), Ok(()));
+}
+
+#[test]
+fn a_map_without_open_shards_is_not_installed() {
+    let mut h = Harness::new(2, config());
+    let closed: Vec<ShardInfo> = shards(2)
+        .into_iter()
+        .map(|s| ShardInfo { open: false, ..s })
+        .collect();
+    h.engine.on_shard_map(Ok(closed), h.now);
+    assert_eq!(h.engine.shards.len(), 2, "the map in hand stays");
+    let mut rx = h.add_to(1, 2, "k", "d");
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll_after_window();
+    h.ok_all(sent[0].0, &sent[0].1, 2);
+    assert_eq!(&*outcome(&mut rx).unwrap().shard_id, "shardId-000000000001");
+}
+
+#[test]
+fn scratch_memory_is_given_back_after_a_burst_of_expiries() {
+    let expire_in_one_poll = |n: usize| {
+        let cfg = ProducerConfig {
+            record_ttl: Duration::from_millis(50),
+            max_in_flight: 1,
+            rate_limiting: false,
+            ..config()
+        };
+        let mut h = Harness::new(1, cfg);
+        // One request of 500 goes; the rest wait for room in flight and expire together.
+        for i in 0..500 + n {
+            h.add_to(0, 1, &format!("k{i}"), "d");
+        }
+        assert_eq!(h.poll().len(), 1);
+        h.advance(Duration::from_millis(60));
+        let _ = h.poll();
+        let expired = h
+            .engine
+            .telemetry
+            .stats
+            .records_expired
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(expired, n as u64);
+        h.engine.scratch.capacity()
+    };
+    assert_eq!(
+        expire_in_one_poll(1_024),
+        1_024,
+        "a burst of 1,024 keeps its room"
+    );
+    assert_eq!(expire_in_one_poll(1_025), 0, "a larger one gives it back");
+}
