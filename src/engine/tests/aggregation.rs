@@ -195,3 +195,77 @@ fn auto_distribution_limits_stream_wide_and_never_predicts() {
     assert!(outcome(&mut rxs[0]).is_ok());
     assert!(!h.poll_refresh(), "no refresh: nothing is predicted");
 }
+
+#[test]
+fn auto_distribution_scales_bytes_too_and_follows_a_reshard() {
+    let cfg = ProducerConfig {
+        max_request_bytes: Some(10 << 20),
+        ..config()
+    };
+    let mut h = Harness::with_prediction(4, cfg, false);
+    // Four shards' bytes: 4 MiB at once, then nothing until the bucket refills.
+    let mut rxs: Vec<Rx> = (0..8)
+        .map(|i| h.add_to(0, 4, &format!("k{i}"), &"x".repeat(1 << 19)))
+        .collect();
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll_after_window();
+    let bytes: usize = sent
+        .iter()
+        .flat_map(|(_, r)| &r.records)
+        .map(|r| r.data.len())
+        .sum();
+    assert!(
+        (3 << 20..=4 << 20).contains(&bytes),
+        "the stream's 4 MiB/s, whatever the keys: {bytes}"
+    );
+    for (id, req) in &sent {
+        h.ok_all(*id, req, 4);
+    }
+    for rx in rxs
+        .iter_mut()
+        .take(sent.iter().map(|(_, r)| r.records.len()).sum())
+    {
+        assert!(outcome(rx).is_ok());
+    }
+    // The stream doubles: the stream-wide limiter doubles with it.
+    h.engine.on_shard_map(Ok(shards(8)), h.now);
+    let _more: Vec<Rx> = (0..12_000)
+        .map(|i| h.add_to(0, 8, &format!("m{i}"), "y"))
+        .collect();
+    h.advance(Duration::from_secs(2));
+    let sent = h.poll_after_window();
+    let records: usize = sent.iter().map(|(_, r)| r.records.len()).sum();
+    assert!(
+        records >= 8_000,
+        "eight shards' records once the bucket refilled: {records}"
+    );
+}
+
+#[test]
+fn admission_is_capped_by_what_the_stream_takes_in_half_the_ttl() {
+    let plain = Harness::new(4, config());
+    assert_eq!(
+        plain.engine.admission.cap(),
+        (4 * 1_000 * 15, 4 * (1 << 20) * 15),
+        "4 shards × (1,000 records/s, 1 MiB/s) × 15 s"
+    );
+    let aggregated = Harness::new(4, agg_config_limited());
+    assert_eq!(
+        aggregated.engine.admission.cap(),
+        (200_000, 60 << 20),
+        "aggregated: the record rate does not bind user records"
+    );
+    let auto = Harness::with_prediction(4, config(), false);
+    assert_eq!(
+        auto.engine.admission.cap(),
+        (60_000, 60 << 20),
+        "AUTO: one pseudo-shard with the whole stream's rate"
+    );
+}
+
+fn agg_config_limited() -> ProducerConfig {
+    ProducerConfig {
+        aggregation: true,
+        ..config()
+    }
+}

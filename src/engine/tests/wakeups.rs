@@ -178,3 +178,24 @@ fn scratch_memory_is_given_back_after_a_burst_of_expiries() {
     );
     assert_eq!(expire_in_one_poll(1_025), 0, "a larger one gives it back");
 }
+
+#[test]
+fn published_shard_stats_carry_the_limiters_rate_factor() {
+    let mut h = Harness::new(1, config());
+    // Throttles a second apart: the limiter cuts the shard's rate.
+    for _ in 0..2 {
+        h.add_to(0, 1, "k", "d");
+        h.advance(Duration::from_millis(500));
+        let sent = h.poll_after_window();
+        let throttled = err_entry("ProvisionedThroughputExceededException");
+        h.engine.on_response(sent[0].0, Ok(vec![throttled]), h.now);
+        h.advance(Duration::from_millis(500));
+    }
+    h.advance(STATS_PERIOD);
+    let _ = h.poll();
+    let factor = h.engine.telemetry.stats.shards.lock().unwrap()[0].rate_factor;
+    assert!(
+        factor < 0.95,
+        "sustained throttles lower the shard's rate: {factor}"
+    );
+}
