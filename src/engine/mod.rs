@@ -493,27 +493,29 @@ impl Engine {
         } else {
             self.shards.map.len().max(1) as f64
         };
-        let states = self.shards.len() as f64;
+        let (rate, states) = (self.s.shard_rate, self.shards.len() as f64);
+        // Shards whose limits the stream's capacity adds up.
+        let stream = states * scale;
         let ordered_plain =
             self.s.config.ordering == crate::config::Ordering::PerShard && !self.s.aggregation;
-        let per_round_trip = self
-            .concurrency
-            .round_trip()
-            .map_or(0.0, |rtt| 1.0 / rtt.as_secs_f64().max(1e-3));
-        let capacity = match self.s.shard_rate {
-            _ if ordered_plain => Some((
-                states
-                    * self
-                        .s
-                        .shard_rate
-                        .map_or(per_round_trip, |(r, _)| r.min(per_round_trip)),
-                self.s
-                    .shard_rate
-                    .map_or(f64::INFINITY, |(_, b)| b * states * scale),
-            )),
-            Some((_, bytes)) if self.s.aggregation => Some((f64::INFINITY, bytes * states * scale)),
-            Some((records, bytes)) => Some((records * states * scale, bytes * states * scale)),
-            None => None,
+        let capacity = if ordered_plain {
+            let per_round_trip = self
+                .concurrency
+                .round_trip()
+                .map_or(0.0, |rtt| 1.0 / rtt.as_secs_f64().max(1e-3));
+            Some((
+                states * rate.map_or(per_round_trip, |(r, _)| r.min(per_round_trip)),
+                rate.map_or(f64::INFINITY, |(_, b)| b * stream),
+            ))
+        } else {
+            rate.map(|(records, bytes)| {
+                let records = if self.s.aggregation {
+                    f64::INFINITY
+                } else {
+                    records * stream
+                };
+                (records, bytes * stream)
+            })
         };
         self.admission.set_capacity(capacity);
         self.ledger.set_cap(self.admission.cap());

@@ -173,3 +173,27 @@ fn after_a_split_the_child_waits_for_what_its_parent_has_in_flight() {
     h.engine.on_response(third[0].0, Ok(vec![stored]), h.now);
     assert!(outcome(&mut b).is_ok());
 }
+
+#[test]
+fn ordered_plain_records_are_admitted_for_one_per_shard_per_round_trip() {
+    let cfg = ProducerConfig {
+        ordering: Ordering::PerShard,
+        adaptive_concurrency: true,
+        ..config()
+    };
+    let mut h = Harness::new(64, cfg);
+    assert_eq!(
+        h.engine.admission.cap().0,
+        crate::admission::MIN_RECORDS,
+        "no round trip known yet: the floor"
+    );
+    let _rx = h.add_to(0, 64, "k", "d");
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    h.advance(Duration::from_millis(20));
+    h.ok_all(sent[0].0, &sent[0].1, 64);
+    h.advance(crate::admission::TICK);
+    let _ = h.poll();
+    // 64 shards × one record per 20 ms × half the 30 s TTL.
+    assert_eq!(h.engine.admission.cap().0, 64 * 50 * 15);
+}
