@@ -36,6 +36,7 @@ mod buffer;
 pub mod collector;
 pub mod config;
 pub mod congestion;
+pub mod dead_letter;
 mod engine;
 pub mod error;
 pub mod hash_key;
@@ -52,6 +53,7 @@ pub mod stream_settings;
 
 pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
 pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
+pub use dead_letter::DeadLetter;
 pub use error::{AddError, BuildError, ConfigError, RecordError, RecordLimitFrom, ValidationError};
 pub use hash_key::HashKey;
 pub use kinesis::{Kinesis, SdkKinesis};

@@ -46,6 +46,10 @@ pub struct Stats {
     /// User records sent again after an attempt whose outcome was unknown (the request timed
     /// out or its connection dropped): each may be stored twice.
     pub possible_duplicates: u64,
+    /// Failed records offered to the dead-letter channel and taken.
+    pub dead_letters_sent: u64,
+    /// Failed records the dead-letter channel could not take (full or closed): dropped.
+    pub dead_letters_dropped: u64,
     /// Sub-records re-sent after landing outside their shard's range.
     pub stranded_resent: u64,
     /// Shard map refreshes.
@@ -109,6 +113,8 @@ pub(crate) struct SharedStats {
     pub throttles: AtomicU64,
     pub retries: AtomicU64,
     pub possible_duplicates: AtomicU64,
+    pub dead_letters_sent: AtomicU64,
+    pub dead_letters_dropped: AtomicU64,
     pub stranded_resent: AtomicU64,
     pub shard_map_refreshes: AtomicU64,
     /// Published by the engine's ledger.
@@ -132,6 +138,8 @@ impl SharedStats {
             throttles: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             possible_duplicates: AtomicU64::new(0),
+            dead_letters_sent: AtomicU64::new(0),
+            dead_letters_dropped: AtomicU64::new(0),
             stranded_resent: AtomicU64::new(0),
             shard_map_refreshes: AtomicU64::new(0),
             records_pending: AtomicU64::new(0),
@@ -165,6 +173,8 @@ impl SharedStats {
             throttles: self.throttles.load(Relaxed),
             retries: self.retries.load(Relaxed),
             possible_duplicates: self.possible_duplicates.load(Relaxed),
+            dead_letters_sent: self.dead_letters_sent.load(Relaxed),
+            dead_letters_dropped: self.dead_letters_dropped.load(Relaxed),
             stranded_resent: self.stranded_resent.load(Relaxed),
             shard_map_refreshes: self.shard_map_refreshes.load(Relaxed),
             uptime: self.started.elapsed(),

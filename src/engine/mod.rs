@@ -114,6 +114,7 @@ pub(crate) struct EngineSettings {
     /// Where the settings in force are published for `add` and `stats()`.
     pub live: Arc<LiveSettings>,
     pub on_failure: Option<FailureCallback>,
+    pub dead_letters: Option<crate::dead_letter::DeadLetterSender>,
 }
 
 impl EngineSettings {
@@ -143,6 +144,7 @@ impl EngineSettings {
             stream_settings,
             live,
             on_failure: None,
+            dead_letters: None,
         }
     }
 }
@@ -237,6 +239,10 @@ impl Engine {
             counting: Vec::new(),
             s,
         };
+        if let Some(tx) = engine.s.dead_letters.take() {
+            let stream = engine.s.stream.clone();
+            engine.telemetry.set_dead_letters(stream, tx);
+        }
         engine.install_map(map, now);
         engine
             .telemetry

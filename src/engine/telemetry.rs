@@ -9,6 +9,8 @@
 //! and records expired (a warning). Nothing is written per record.
 
 use super::entry::Entry;
+use crate::config::StreamRef;
+use crate::dead_letter::{DeadLetter, DeadLetterSender};
 use crate::error::RecordError;
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::producer::FailureCallback;
@@ -30,6 +32,7 @@ pub(super) struct Telemetry {
     /// Throttles and expiries as of the last event about them.
     logged: (u64, u64),
     stream: Arc<str>,
+    dead_letters: Option<(StreamRef, DeadLetterSender)>,
 }
 
 /// One shard's counters and metric handles.
@@ -53,7 +56,13 @@ impl Telemetry {
             last_published: now,
             logged: (0, 0),
             stream: stream.into(),
+            dead_letters: None,
         }
+    }
+
+    /// Failed records go to this channel too.
+    pub fn set_dead_letters(&mut self, stream: StreamRef, tx: DeadLetterSender) {
+        self.dead_letters = Some((stream, tx));
     }
 
     /// Counters and handles for a shard new to the map.
@@ -123,7 +132,8 @@ impl Telemetry {
         self.metrics.put.increment(n as u64);
     }
 
-    /// A user record finally failed; an untracked one goes to the callback.
+    /// A user record finally failed: an untracked one goes to the callback, every one to the
+    /// dead-letter channel (never waiting for it).
     pub fn failed(&self, e: &Entry, error: &RecordError) {
         SharedStats::add(&self.stats.records_failed, 1);
         self.metrics.failed.increment(1);
@@ -131,6 +141,19 @@ impl Telemetry {
             if let Some(cb) = &self.on_failure {
                 cb(&e.record, error);
             }
+        }
+        if let Some((stream, tx)) = &self.dead_letters {
+            let letter = DeadLetter {
+                stream: stream.clone(),
+                record: e.record.clone(),
+                hash_key: e.hash_key,
+                error: error.clone(),
+            };
+            let counter = match tx.try_send(letter) {
+                Ok(()) => &self.stats.dead_letters_sent,
+                Err(_) => &self.stats.dead_letters_dropped,
+            };
+            SharedStats::add(counter, 1);
         }
     }
 

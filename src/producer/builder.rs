@@ -5,6 +5,7 @@ use super::driver::{with_timeout, Driver};
 use super::{FailureCallback, Inner, Producer};
 use crate::buffer::BufferGauge;
 use crate::config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
+use crate::dead_letter::DeadLetterSender;
 use crate::engine::{Engine, EngineSettings};
 use crate::error::{BuildError, RecordError};
 use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, SdkKinesis};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 pub struct ProducerBuilder {
     config: ProducerConfig,
     on_failure: Option<FailureCallback>,
+    dead_letters: Option<DeadLetterSender>,
 }
 
 macro_rules! setters {
@@ -111,6 +113,14 @@ impl ProducerBuilder {
         self
     }
 
+    /// Every record that finally fails, tracked or not, is offered once to this channel with its
+    /// error (see [`crate::dead_letter`]): bounded, never waited for; what it cannot take is
+    /// counted in `stats().dead_letters_dropped`.
+    pub fn dead_letters(mut self, tx: DeadLetterSender) -> Self {
+        self.dead_letters = Some(tx);
+        self
+    }
+
     /// Builds with shared AWS configuration (region, credentials, endpoint), SDK retries off.
     pub async fn build(self, sdk_config: &aws_config::SdkConfig) -> Result<Producer, BuildError> {
         self.kinesis(Arc::new(SdkKinesis::from_sdk_config(sdk_config)))
@@ -185,6 +195,7 @@ impl ProducerBuilder {
         let mut settings =
             EngineSettings::new(&config, stream.clone(), stream_settings, live.clone());
         settings.on_failure = self.on_failure;
+        settings.dead_letters = self.dead_letters;
         let engine = Engine::new(settings, map, gauge.clone(), stats.clone(), metrics, now);
         let tx = Driver::spawn(engine, kinesis, runtime, timeout, stream.clone()).map_err(|e| {
             BuildError::Kinesis {
