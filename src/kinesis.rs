@@ -186,7 +186,7 @@ impl SdkKinesis {
     }
 
     /// A client from shared AWS configuration, retries disabled.
-    pub fn from_sdk_config(sdk_config: &aws_config::SdkConfig) -> Self {
+    pub fn from_sdk_config(sdk_config: &aws_types::SdkConfig) -> Self {
         let config = aws_sdk_kinesis::config::Builder::from(sdk_config)
             .retry_config(RetryConfig::disabled())
             .build();

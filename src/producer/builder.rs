@@ -122,7 +122,7 @@ impl ProducerBuilder {
     }
 
     /// Builds with shared AWS configuration (region, credentials, endpoint), SDK retries off.
-    pub async fn build(self, sdk_config: &aws_config::SdkConfig) -> Result<Producer, BuildError> {
+    pub async fn build(self, sdk_config: &aws_types::SdkConfig) -> Result<Producer, BuildError> {
         self.kinesis(Arc::new(SdkKinesis::from_sdk_config(sdk_config)))
             .await
     }
