@@ -137,9 +137,11 @@ impl ShardLimiter {
 
     /// A limiter that never holds anything back (benchmarks of the pure pipeline).
     pub fn unlimited(now: Instant) -> Self {
-        let mut l = Self::new(f64::MAX / 4.0, f64::MAX / 4.0, now);
-        l.unlimited = true;
-        l
+        // The buckets are never consulted.
+        ShardLimiter {
+            unlimited: true,
+            ..Self::new(0.0, 0.0, now)
+        }
     }
 
     /// Current fraction of the configured rate (1.0 without recent throttling).
@@ -148,14 +150,12 @@ impl ShardLimiter {
     }
 
     fn recover(&mut self, now: Instant) {
-        if self.factor < 1.0 {
-            let secs = now
-                .saturating_duration_since(self.last_change)
-                .as_secs_f64();
-            let factor = (self.factor + secs * RECOVERY_PER_SEC).min(1.0);
-            if factor != self.factor {
-                self.apply(factor, now);
-            }
+        let secs = now
+            .saturating_duration_since(self.last_change)
+            .as_secs_f64();
+        let factor = (self.factor + secs * RECOVERY_PER_SEC).min(1.0);
+        if factor != self.factor {
+            self.apply(factor, now);
         }
     }
 
@@ -215,6 +215,69 @@ impl ShardLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_reports_what_it_holds_as_it_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 10.0, t0);
+        assert_eq!(b.available(t0), 10.0);
+        b.take(4.0);
+        assert_eq!(b.available(t0), 6.0);
+        assert!((b.available(t0 + Duration::from_millis(200)) - 8.0).abs() < 1e-9);
+        assert_eq!(
+            b.available(t0 + Duration::from_secs(5)),
+            10.0,
+            "never above capacity"
+        );
+    }
+
+    #[test]
+    fn a_throttle_sets_the_buckets_below_empty_by_the_reserve() {
+        let t0 = Instant::now();
+        let mut l = ShardLimiter::new(1_000.0, 1_000_000.0, t0);
+        l.on_throttle(t0);
+        // 5 % of a second below empty: a record waits 51 ms (50 owed, then its own).
+        let at = l.ready_at(1, t0);
+        let waited = at.duration_since(t0).as_secs_f64();
+        assert!((waited - 0.051).abs() < 1e-6, "{waited}");
+    }
+
+    #[test]
+    fn throttles_count_from_the_hold_off_and_cut_within_the_sustained_window() {
+        let t0 = Instant::now();
+        // Exactly the hold-off apart: a second event, within the window: the rate is cut.
+        let mut l = ShardLimiter::new(1_000.0, 1_000_000.0, t0);
+        l.on_throttle(t0);
+        l.on_throttle(t0 + THROTTLE_HOLDOFF);
+        assert_eq!(l.rate_factor(), DECREASE_FACTOR);
+        // Exactly the window apart: no longer sustained, no cut.
+        let mut l = ShardLimiter::new(1_000.0, 1_000_000.0, t0);
+        l.on_throttle(t0);
+        l.on_throttle(t0 + SUSTAINED_WINDOW);
+        assert_eq!(l.rate_factor(), 1.0);
+    }
+
+    #[test]
+    fn a_cut_slows_the_byte_rate_too() {
+        let t0 = Instant::now();
+        let t1 = t0 + SUSTAINED_WINDOW;
+        // Both throttled twice (the same debt); only the first pair is close enough to cut.
+        let mut cut = ShardLimiter::new(1_000_000.0, 100_000.0, t0);
+        cut.on_throttle(t1 - THROTTLE_HOLDOFF);
+        cut.on_throttle(t1);
+        let mut full = ShardLimiter::new(1_000_000.0, 100_000.0, t0);
+        full.on_throttle(t0);
+        full.on_throttle(t1);
+        assert!(cut.rate_factor() < 1.0 && full.rate_factor() == 1.0);
+        // Byte-bound records of 10 KB for three seconds.
+        let (slow, _) = drive(&mut cut, t1, 3, 10_000);
+        let (fast, _) = drive(&mut full, t1, 3, 10_000);
+        assert!(fast >= 25, "{fast}");
+        assert!(
+            (slow as f64) < 0.9 * fast as f64,
+            "cut {slow} vs uncut {fast} records in 3 s"
+        );
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
