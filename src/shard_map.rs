@@ -191,6 +191,40 @@ pub fn even_shards(n: u32) -> Vec<ShardInfo> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn empty_means_no_open_shard() {
+        assert!(ShardMap::new(vec![]).is_empty());
+        let closed = ShardInfo {
+            id: "shardId-000000000000".into(),
+            start: 0,
+            end: u128::MAX,
+            open: false,
+        };
+        assert!(ShardMap::new(vec![closed.clone()]).is_empty());
+        let open = ShardInfo {
+            open: true,
+            ..closed
+        };
+        assert!(!ShardMap::new(vec![open]).is_empty());
+    }
+
+    #[test]
+    fn a_key_above_the_last_range_goes_to_the_last_shard() {
+        // Some emulators leave the top of the key space uncovered.
+        let shards = (0..3u128)
+            .map(|i| ShardInfo {
+                id: format!("shardId-00000000000{i}").into(),
+                start: i * 100,
+                end: i * 100 + 99,
+                open: true,
+            })
+            .collect();
+        let map = ShardMap::new(shards);
+        assert_eq!(map.lookup(HashKey(250)), Some(2));
+        assert_eq!(map.lookup(HashKey(1_000)), Some(2));
+        assert_eq!(map.lookup(HashKey(u128::MAX)), Some(2));
+    }
+
     fn even_map(n: u32) -> ShardMap {
         ShardMap::new(even_shards(n))
     }
