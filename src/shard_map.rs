@@ -132,11 +132,6 @@ impl RefreshSchedule {
         }
     }
 
-    /// Whether a refresh is under way.
-    pub fn in_progress(&self) -> bool {
-        self.in_progress
-    }
-
     /// When the next refresh is due (for the engine's timer).
     pub fn next_due(&self) -> Option<Instant> {
         if self.in_progress {

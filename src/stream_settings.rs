@@ -51,14 +51,14 @@ pub struct SettingsSchedule {
     not_before: Instant,
     requested: bool,
     in_progress: bool,
-    /// Consecutive `LimitExceededException`s.
+    /// Consecutive `LimitExceededException`s (capped: the wait stops doubling).
     limited: u32,
-    rng: u64,
+    rng: fastrand::Rng,
 }
 
 impl SettingsSchedule {
     /// A schedule whose last read happened at `now`; `seed` varies the jitter between
-    /// producers (any value; 0 is replaced).
+    /// producers.
     pub fn new(period: Duration, now: Instant, seed: u64) -> Self {
         let mut s = SettingsSchedule {
             period,
@@ -67,19 +67,15 @@ impl SettingsSchedule {
             requested: false,
             in_progress: false,
             limited: 0,
-            rng: seed | 1,
+            rng: fastrand::Rng::with_seed(seed),
         };
         s.next = now + s.jitter(period, 0.8, 1.2);
         s
     }
 
-    /// A uniform draw in `[lo, hi) × base` (xorshift: no I/O, reproducible per seed).
+    /// A uniform draw in `[lo, hi) × base`.
     fn jitter(&mut self, base: Duration, lo: f64, hi: f64) -> Duration {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let u = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
-        base.mul_f64(lo + (hi - lo) * u)
+        base.mul_f64(lo + (hi - lo) * self.rng.f64())
     }
 
     /// Evidence that the settings may have changed: read as soon as the spacing allows.
@@ -109,8 +105,8 @@ impl SettingsSchedule {
                 self.jitter(self.period, 0.8, 1.2)
             }
             ReadOutcome::LimitExceeded => {
-                self.limited = (self.limited + 1).min(MAX_BACKOFF_FACTOR.ilog2() + 1);
-                let factor = (1u32 << self.limited).min(MAX_BACKOFF_FACTOR);
+                self.limited = (self.limited + 1).min(MAX_BACKOFF_FACTOR.ilog2());
+                let factor = 1u32 << self.limited;
                 self.jitter(self.period * factor, 0.8, 1.2)
             }
             ReadOutcome::Failed => self.jitter(RETRY_AFTER_FAILURE, 1.0, 2.0),
