@@ -84,10 +84,6 @@ impl KeyTable {
         }
     }
 
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
     fn lookup(&self, key: &str) -> KeySlot {
         let hash = self.hasher.hash_one(key.as_bytes());
         let Some(&head) = self.heads.get(&hash) else {
@@ -192,8 +188,8 @@ impl std::fmt::Debug for Aggregator {
             .field("max_count", &self.max_count)
             .field("count", &self.count)
             .field("record_size", &self.record_size())
-            .field("partition_keys", &self.partition_keys.len())
-            .field("explicit_hash_keys", &self.explicit_hash_keys.len())
+            .field("partition_keys", &self.partition_keys.entries.len())
+            .field("explicit_hash_keys", &self.explicit_hash_keys.entries.len())
             .finish_non_exhaustive()
     }
 }

@@ -238,6 +238,8 @@ fn a_record_off_its_predicted_shard_reads_the_settings_at_once() {
     h.engine.on_stream_settings(summary(false, None), h.now);
     assert_eq!(h.engine.s.live.changes(), 0, "the same settings: no change");
     assert_eq!(h.engine.s.live.reads(), 1);
+    h.engine.on_stream_settings(summary(false, None), h.now);
+    assert_eq!(h.engine.s.live.reads(), 2, "each read counted");
 }
 
 #[test]

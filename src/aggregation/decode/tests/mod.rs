@@ -331,3 +331,45 @@ enum Read {
 }
 
 mod consumer;
+
+#[test]
+fn an_unused_key_that_is_not_utf8_fails_only_the_strict_decoder() {
+    #[rustfmt::skip]
+    let protobuf: &[u8] = &[
+        0x0A, 0x01, b'k',                 // partition_key_table[0] = "k"
+        0x0A, 0x01, 0xFF,                 // partition_key_table[1]: not UTF-8, used by nobody
+        0x1A, 0x04, 0x08, 0x00, 0x1A, 0x00, // one record, key 0, empty data
+    ];
+    assert_eq!(
+        decode(protobuf),
+        Err(DeaggregateError::InvalidUtf8 {
+            table: "partition_key_table",
+            index: 1
+        })
+    );
+    let lenient = deaggregate("outer", Some("1"), framed(protobuf)).unwrap();
+    assert_eq!(lenient.len(), 1);
+    assert_eq!(lenient[0].partition_key, "k");
+}
+
+#[test]
+fn a_tag_needs_its_key_and_may_carry_unknown_fields() {
+    let with_tag = |tag: &[u8]| {
+        let mut record = vec![0x08, 0x00, 0x1A, 0x00, 0x22, tag.len() as u8];
+        record.extend_from_slice(tag);
+        let mut protobuf = vec![0x0A, 0x01, b'k', 0x1A, record.len() as u8];
+        protobuf.extend(record);
+        protobuf
+    };
+    // A key alone, and an unknown varint field beside it: well formed.
+    assert!(decode(&with_tag(&[0x0A, 0x01, b't'])).is_ok());
+    assert!(decode(&with_tag(&[0x0A, 0x01, b't', 0x18, 0x05])).is_ok());
+    // A value without a key: the required key is missing.
+    assert_eq!(
+        decode(&with_tag(&[0x12, 0x01, b'v'])),
+        Err(DeaggregateError::MissingField {
+            record: 0,
+            field: "tags.key"
+        })
+    );
+}
