@@ -406,3 +406,22 @@ mod props {
         }
     }
 }
+
+#[test]
+fn empty_until_a_record_and_debug_shows_the_plan() {
+    let mut agg = Aggregator::new(1_000, 10);
+    assert!(agg.is_empty());
+    assert_eq!(agg.try_push("k", None, b"data"), TryPush::Added);
+    assert!(!agg.is_empty());
+    let shown = format!("{agg:?}");
+    for field in [
+        "max_size: 1000",
+        "max_count: 10",
+        "count: 1",
+        "partition_keys: 1",
+    ] {
+        assert!(shown.contains(field), "{field} in {shown}");
+    }
+    agg.finish();
+    assert!(agg.is_empty(), "finish starts a new aggregate");
+}
