@@ -199,3 +199,41 @@ fn published_shard_stats_carry_the_limiters_rate_factor() {
         "sustained throttles lower the shard's rate: {factor}"
     );
 }
+
+#[test]
+fn the_endpoint_back_off_reports_when_it_starts_and_ends() {
+    let t0 = Instant::now();
+    let mut b = EndpointBackoff::default();
+    assert_eq!(b.failed(t0), None, "one failure is no back-off yet");
+    assert!(!b.answered(), "an answer after one failure ends nothing");
+    assert_eq!(b.failed(t0), None);
+    let delay = b.failed(t0).expect("the second failure in a row starts it");
+    assert_eq!(b.until(), Some(t0 + delay));
+    assert_eq!(b.failed(t0), None, "later failures only lengthen it");
+    assert!(b.answered(), "an answer ends it");
+    assert!(!b.answered());
+    assert_eq!(b.until(), None);
+}
+
+#[test]
+fn the_auto_distribution_gauge_follows_the_stream() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let gauge = |keyed: bool| {
+        metrics::with_local_recorder(&recorder, || {
+            let mut h = Harness::with_prediction(2, config(), keyed);
+            h.advance(STATS_PERIOD);
+            let _ = h.poll();
+        });
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .find_map(|(key, _, _, value)| {
+                (key.key().name() == crate::metrics::AUTO_DISTRIBUTION).then_some(value)
+            })
+    };
+    assert_eq!(gauge(true), Some(DebugValue::Gauge(0.0.into())));
+    assert_eq!(gauge(false), Some(DebugValue::Gauge(1.0.into())));
+}
