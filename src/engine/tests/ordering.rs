@@ -194,6 +194,35 @@ fn ordered_plain_records_are_admitted_for_one_per_shard_per_round_trip() {
     h.ok_all(sent[0].0, &sent[0].1, 64);
     h.advance(crate::admission::TICK);
     let _ = h.poll();
-    // 64 shards × one record per 20 ms × half the 30 s TTL.
-    assert_eq!(h.engine.admission.cap().0, 64 * 50 * 15);
+    // 64 shards × one record per 20 ms × half the 30 s TTL; bytes: 64 MiB/s × 15 s is over
+    // the 64 MiB bound, which holds.
+    assert_eq!(h.engine.admission.cap(), (64 * 50 * 15, 64 << 20));
+}
+
+#[test]
+fn ordered_aggregates_grow_to_a_quarter_of_a_shards_second() {
+    let limit = |mib: usize| crate::stream_settings::RecordLimit {
+        bytes: mib << 20,
+        from: crate::error::RecordLimitFrom::ApiDefault,
+    };
+    let ordered = ProducerConfig {
+        ordering: Ordering::PerShard,
+        ..config()
+    };
+    assert_eq!(aggregate_max(&ordered, limit(1)), 256 * 1024);
+    assert_eq!(aggregate_max(&ordered, limit(10)), 256 * 1024);
+    assert_eq!(
+        aggregate_max(&config(), limit(1)),
+        51_200,
+        "unordered: the configured size"
+    );
+    let larger = ProducerConfig {
+        aggregation_max_size: 512 * 1024,
+        ..ordered
+    };
+    assert_eq!(
+        aggregate_max(&larger, limit(1)),
+        512 * 1024,
+        "never below the configured size"
+    );
 }
