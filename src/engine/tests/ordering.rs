@@ -226,3 +226,21 @@ fn ordered_aggregates_grow_to_a_quarter_of_a_shards_second() {
         "never below the configured size"
     );
 }
+
+#[test]
+fn an_ordered_shard_waiting_for_its_answer_is_not_queued_for_in_flight_room() {
+    let cfg = ProducerConfig {
+        ordering: Ordering::PerShard,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    h.add_to(0, 1, "k", "a");
+    h.add_to(0, 1, "k", "b");
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    assert!(
+        !h.engine.shards.has_blocked(),
+        "its answer wakes it, not free room in flight"
+    );
+}
