@@ -172,3 +172,72 @@ fn adaptive_concurrency_starts_with_one_request_grows_with_answers_and_halves_on
         .collect();
     assert_eq!(timeouts, vec![Duration::from_secs(24)]);
 }
+
+#[test]
+fn the_ledger_counts_bytes_and_withholds_room_as_records_leave() {
+    let now = Instant::now();
+    let gauge = Arc::new(BufferGauge::new(100, 1_000));
+    let mut ledger = Ledger::new(gauge.clone(), SharedStats::new(now));
+    let mut entries: Vec<Entry> = (0..10)
+        .map(|_| {
+            let r = UserRecord::new("k", vec![0u8; 9]);
+            assert!(gauge.try_acquire(r.size()));
+            let mut e = Entry::new(r, HashKey(0), now, Duration::from_secs(30), None);
+            ledger.admit(&mut e);
+            e
+        })
+        .collect();
+    assert_eq!((ledger.held(), ledger.bytes()), (10, 100));
+    // A cap of 5 records and 50 bytes: 95 and 950 to withhold, 90 and 900 free to take now.
+    ledger.set_cap((5, 50));
+    assert_eq!(gauge.withheld(), (90, 900));
+    // Records leaving fill what is still to withhold before any room goes back to `add`.
+    let first: Vec<Entry> = entries.drain(..3).collect();
+    assert_eq!(ledger.release(&first), (3, 30));
+    assert_eq!(gauge.withheld(), (93, 930));
+    assert_eq!((gauge.records_free(), gauge.bytes_free()), (0, 0));
+    let second: Vec<Entry> = entries.drain(..3).collect();
+    assert_eq!(ledger.release(&second), (3, 30));
+    assert_eq!(gauge.withheld(), (95, 950));
+    assert_eq!((gauge.records_free(), gauge.bytes_free()), (1, 10));
+    assert_eq!((ledger.held(), ledger.bytes()), (4, 40));
+}
+
+#[test]
+fn an_answer_wakes_a_shard_only_if_it_holds_records() {
+    let mut h = Harness::new(1, config());
+    let _rx = h.add_to(0, 1, "k", "d");
+    h.advance(Duration::from_millis(100));
+    let sent = h.poll_after_window();
+    let before = h.engine.drains;
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    let _ = h.poll();
+    assert_eq!(h.engine.drains, before, "an empty shard is not drained");
+}
+
+#[test]
+fn a_batch_that_waited_past_its_ttl_in_the_outbox_is_not_sent() {
+    let cfg = ProducerConfig {
+        rate_limiting: false,
+        record_ttl: Duration::from_secs(1),
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    let deadline = h.now + Duration::from_secs(1);
+    let mut rx = h.add_to(0, 1, "k", "d");
+    // Two whole-request failures: the endpoint back-off holds the retry in the outbox.
+    for _ in 0..2 {
+        h.advance(Duration::from_millis(100));
+        let sent = h.poll_after_window();
+        let e = ClientError::service("ServiceUnavailable", "down", 503);
+        h.engine.on_response(sent[0].0, Err(e), h.now);
+    }
+    assert!(h.poll_after_window().is_empty());
+    assert!(!h.engine.outbox.is_empty());
+    let until = h.engine.endpoint.until().expect("backing off");
+    assert!(until < deadline, "the back-off ends before the TTL");
+    // The first poll after the back-off comes exactly at the record's deadline.
+    h.now = deadline;
+    assert!(h.poll().is_empty(), "a record at its deadline is not sent");
+    assert!(matches!(outcome(&mut rx), Err(RecordError::Expired { .. })));
+}

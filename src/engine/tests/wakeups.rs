@@ -237,3 +237,29 @@ fn the_auto_distribution_gauge_follows_the_stream() {
     assert_eq!(gauge(true), Some(DebugValue::Gauge(0.0.into())));
     assert_eq!(gauge(false), Some(DebugValue::Gauge(1.0.into())));
 }
+
+#[test]
+fn each_request_records_how_many_user_records_it_carries() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let mut h = Harness::new(2, agg_config());
+        for i in 0..7 {
+            h.add_to(i % 2, 2, "k", "d");
+        }
+        h.advance(Duration::from_millis(100));
+        assert_eq!(h.poll().len(), 1);
+    });
+    let per_request: Vec<f64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == crate::metrics::USER_RECORDS_PER_REQUEST)
+        .flat_map(|(.., value)| match value {
+            DebugValue::Histogram(v) => v.into_iter().map(|x| x.0).collect(),
+            _ => vec![],
+        })
+        .collect();
+    assert_eq!(per_request, vec![7.0], "two aggregates of 4 and 3 records");
+}
