@@ -118,7 +118,9 @@ impl Ledger {
             self.gauge.max_records.saturating_sub(cap.0),
             self.gauge.max_bytes.saturating_sub(cap.1),
         );
-        if withhold == self.withhold && self.withheld == withhold {
+        // Unchanged: what is still to withhold comes from releases (free room appears only
+        // through them, and they fill the withheld room first).
+        if withhold == self.withhold {
             return;
         }
         self.withhold = withhold;

@@ -201,6 +201,37 @@ fn the_ledger_counts_bytes_and_withholds_room_as_records_leave() {
     assert_eq!(gauge.withheld(), (95, 950));
     assert_eq!((gauge.records_free(), gauge.bytes_free()), (1, 10));
     assert_eq!((ledger.held(), ledger.bytes()), (4, 40));
+    // The cap rises back to the bound: everything withheld goes back to `add`.
+    ledger.set_cap((100, 1_000));
+    assert_eq!(gauge.withheld(), (0, 0));
+    assert_eq!((gauge.records_free(), gauge.bytes_free()), (96, 960));
+}
+
+#[test]
+fn a_flush_waits_for_the_records_before_it_only() {
+    let now = Instant::now();
+    let gauge = Arc::new(BufferGauge::new(100, 1_000));
+    let mut ledger = Ledger::new(gauge.clone(), SharedStats::new(now));
+    let mut admit = |ledger: &mut Ledger| {
+        let r = UserRecord::new("k", "d");
+        assert!(gauge.try_acquire(r.size()));
+        let mut e = Entry::new(r, HashKey(0), now, Duration::from_secs(30), None);
+        ledger.admit(&mut e);
+        e
+    };
+    let old = admit(&mut ledger);
+    let (tx, mut rx) = oneshot::channel();
+    ledger.flush(tx);
+    let new = admit(&mut ledger);
+    ledger.release([&new]);
+    ledger.delivered(new.seq);
+    assert!(
+        rx.try_recv().is_err(),
+        "a record added after the flush does not count"
+    );
+    ledger.release([&old]);
+    ledger.delivered(old.seq);
+    assert_eq!(rx.try_recv(), Ok(()));
 }
 
 #[test]
