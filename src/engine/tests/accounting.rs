@@ -212,7 +212,7 @@ fn a_flush_waits_for_the_records_before_it_only() {
     let now = Instant::now();
     let gauge = Arc::new(BufferGauge::new(100, 1_000));
     let mut ledger = Ledger::new(gauge.clone(), SharedStats::new(now));
-    let mut admit = |ledger: &mut Ledger| {
+    let admit = |ledger: &mut Ledger| {
         let r = UserRecord::new("k", "d");
         assert!(gauge.try_acquire(r.size()));
         let mut e = Entry::new(r, HashKey(0), now, Duration::from_secs(30), None);
