@@ -177,7 +177,8 @@ fn adaptive_concurrency_starts_with_one_request_grows_with_answers_and_halves_on
 fn the_ledger_counts_bytes_and_withholds_room_as_records_leave() {
     let now = Instant::now();
     let gauge = Arc::new(BufferGauge::new(100, 1_000));
-    let mut ledger = Ledger::new(gauge.clone(), SharedStats::new(now));
+    let shared = SharedStats::new(now);
+    let mut ledger = Ledger::new(gauge.clone(), shared.clone());
     let mut entries: Vec<Entry> = (0..10)
         .map(|_| {
             let r = UserRecord::new("k", vec![0u8; 9]);
@@ -188,6 +189,17 @@ fn the_ledger_counts_bytes_and_withholds_room_as_records_leave() {
         })
         .collect();
     assert_eq!((ledger.held(), ledger.bytes()), (10, 100));
+    let published = || {
+        (
+            shared
+                .records_pending
+                .load(std::sync::atomic::Ordering::Relaxed),
+            shared
+                .bytes_pending
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    assert_eq!(published(), (10, 100), "stats() sees what the ledger holds");
     // A cap of 5 records and 50 bytes: 95 and 950 to withhold, 90 and 900 free to take now.
     ledger.set_cap((5, 50));
     assert_eq!(gauge.withheld(), (90, 900));
@@ -201,6 +213,7 @@ fn the_ledger_counts_bytes_and_withholds_room_as_records_leave() {
     assert_eq!(gauge.withheld(), (95, 950));
     assert_eq!((gauge.records_free(), gauge.bytes_free()), (1, 10));
     assert_eq!((ledger.held(), ledger.bytes()), (4, 40));
+    assert_eq!(published(), (4, 40));
     // The cap rises back to the bound: everything withheld goes back to `add`.
     ledger.set_cap((100, 1_000));
     assert_eq!(gauge.withheld(), (0, 0));

@@ -184,6 +184,7 @@ mod aggregation;
 mod batching;
 mod failures;
 mod ordering;
+mod request_errors;
 mod scheduling;
 mod settings;
 mod wakeups;

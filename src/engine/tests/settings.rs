@@ -101,6 +101,11 @@ fn switch_to_auto_sends_queued_records_plain_and_resends_stranded_sub_records_pl
         if i % 4 != 2 {
             let out = outcome(rx).unwrap();
             assert_eq!(out.attempts[0].error_code.as_deref(), Some(STRANDED_CODE));
+            let why = out.attempts[0].error_message.as_deref().unwrap_or("");
+            assert!(
+                why.contains("shardId-000000000002") && why.contains("re-sent"),
+                "{why}"
+            );
             assert_eq!(out.sub_sequence_number, None);
         }
     }
