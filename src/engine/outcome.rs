@@ -364,10 +364,11 @@ impl Engine {
             by_shard[i].push(e);
         }
         for (i, list) in by_shard.into_iter().enumerate() {
-            let st = &mut self.shards[i];
-            if !list.is_empty() {
-                st.wake = Some(now);
+            if list.is_empty() {
+                continue;
             }
+            // Mutable access marks the shard ready: it is drained at the next poll.
+            let st = &mut self.shards[i];
             for e in list.into_iter().rev() {
                 st.push_front(e);
             }

@@ -277,3 +277,11 @@ fn a_record_in_flight_across_a_switch_and_back_holds_its_range_in_order_and_is_c
         "every count came back exactly once"
     );
 }
+
+#[test]
+fn each_producer_jitters_its_reads_differently() {
+    let seeds: std::collections::HashSet<u64> = (0..8)
+        .map(|_| super::super::settings::jitter_seed())
+        .collect();
+    assert_eq!(seeds.len(), 8);
+}
