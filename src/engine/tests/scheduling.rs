@@ -197,3 +197,39 @@ fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
     assert_eq!(sent[0].1.records.len(), 1, "one aggregate of the three");
     assert!(sent[0].1.records[0].data.len() > 3 * 10);
 }
+
+#[test]
+fn a_drained_queue_gives_its_memory_back() {
+    let mut h = Harness::new(1, config());
+    let entry = |h: &Harness| {
+        Entry::new(
+            UserRecord::new("k", "d"),
+            HashKey(0),
+            h.now,
+            Duration::from_secs(30),
+            None,
+        )
+    };
+    let fill = |h: &mut Harness, n: usize, keep: usize| {
+        let entries: Vec<Entry> = (0..n).map(|_| entry(h)).collect();
+        let st = h.engine.shards.state_mut(0);
+        for e in entries {
+            st.push_back(e);
+        }
+        while st.queue.len() > keep {
+            st.pop_front();
+        }
+        st.shrink_idle();
+        st.queue.capacity()
+    };
+    assert_eq!(fill(&mut h, 1_000, 0), 0, "empty: all given back");
+    assert_eq!(fill(&mut h, 64, 0), 64, "a small queue keeps its room");
+    let quarter = fill(&mut h, 1_000, 256);
+    assert!(quarter >= 1_000, "a quarter in use is kept: {quarter}");
+    let _ = h.engine.shards.state_mut(0).queue.drain(..);
+    let eighth = fill(&mut h, 1_000, 128);
+    assert!(
+        (512..1_000).contains(&eighth),
+        "under a quarter: halved, {eighth}"
+    );
+}

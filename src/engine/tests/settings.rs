@@ -285,3 +285,45 @@ fn each_producer_jitters_its_reads_differently() {
         .collect();
     assert_eq!(seeds.len(), 8);
 }
+
+#[test]
+fn limit_exceeded_backs_the_reads_off_other_errors_retry_soon() {
+    let due_after = |code: &str| {
+        let mut h = Harness::new(1, config());
+        h.engine.settings_schedule.request();
+        h.engine.poll(h.now, &mut h.actions);
+        assert!(reads_settings(&h.actions));
+        let e = ClientError::service(code, "no", 400);
+        h.engine.on_stream_settings(Err(e), h.now);
+        h.engine.settings_schedule.next_due().unwrap() - h.now
+    };
+    let period = ProducerConfig::default().stream_settings_refresh_interval;
+    assert!(due_after("LimitExceededException") >= period.mul_f64(1.6));
+    assert!(due_after("AccessDeniedException") <= Duration::from_secs(10));
+}
+
+#[test]
+fn a_mode_switch_alone_leaves_what_is_collected_in_place() {
+    let mut h = Harness::new(1, config());
+    h.add_to(0, 1, "k", "d");
+    // Drained into the collector, which waits for the record's max_buffered_time.
+    assert!(h.poll().is_empty());
+    assert_eq!(h.engine.collector.len(), 1);
+    let on_demand = Ok(StreamSummary {
+        max_record_size_kib: None,
+        auto_distribution: false,
+        on_demand: Some(true),
+        status: "ACTIVE".into(),
+    });
+    h.engine.on_stream_settings(on_demand, h.now);
+    assert_eq!(h.engine.s.live.changes(), 1);
+    assert_eq!(h.engine.collector.len(), 1, "nothing re-sorted");
+}
+
+#[test]
+fn back_from_auto_without_configured_aggregation_stays_plain() {
+    let mut h = Harness::with_prediction(2, config(), false);
+    h.engine.on_stream_settings(summary(false, None), h.now);
+    h.engine.on_shard_map(Ok(shards(2)), h.now);
+    assert!(!h.engine.s.aggregation);
+}
