@@ -41,13 +41,6 @@ use std::ops::{Index, IndexMut};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A record overdue when it reaches an empty queue lingers `max_buffered_time / OVERDUE_DIVISOR`
-/// from then. The engine only sees overdue records when it lags behind `add` (a backlog in the
-/// ingest channel); sealing each of them alone would make it lag further (many small
-/// aggregates, each with its own request entry), so under a backlog the aggregate waits as if
-/// the record had just been added.
-pub(super) const OVERDUE_DIVISOR: u32 = 1;
-
 /// Queue capacity an empty shard may keep; a larger one is freed when the queue drains.
 const IDLE_QUEUE_CAPACITY: usize = 64;
 
@@ -143,8 +136,11 @@ impl ShardState {
 
     /// When the record at the front should be sealed into a Kinesis record, if the aggregate
     /// is not full before: `max_buffered_time` after it arrived, or, for a record that was
-    /// overdue when it reached an empty queue, `max_buffered_time / OVERDUE_DIVISOR`
-    /// after that.
+    /// overdue when it reached an empty queue, `max_buffered_time` after that. (The engine only
+    /// sees overdue records when it lags behind `add`, a backlog in the ingest channel; sealing
+    /// each of them alone would make it lag further, many small aggregates each with its own
+    /// request entry, so under a backlog the aggregate waits as if the record had just been
+    /// added.)
     pub fn linger_due(&self, max_buffered_time: Duration) -> Option<Instant> {
         let front = self.queue.front()?;
         let due = front
@@ -152,7 +148,7 @@ impl ShardState {
             .checked_add(max_buffered_time)
             .unwrap_or(front.arrival);
         Some(match self.opened {
-            Some(opened) if opened > due => opened + max_buffered_time / OVERDUE_DIVISOR,
+            Some(opened) if opened > due => opened + max_buffered_time,
             _ => due,
         })
     }

@@ -169,7 +169,7 @@ fn ttl_expires_records_of_a_shard_blocked_by_the_in_flight_limit() {
 fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
     let mut h = Harness::new(4, agg_config());
     h.advance(Duration::from_secs(2));
-    let window = h.engine.s.config.max_buffered_time / shard::OVERDUE_DIVISOR;
+    let window = h.engine.s.config.max_buffered_time;
     let ttl = h.engine.s.config.record_ttl;
     // added a second ago (a backlog in the ingest channel), reaching the engine now
     let late = |h: &mut Harness, data: &str| {
@@ -232,4 +232,38 @@ fn a_drained_queue_gives_its_memory_back() {
         (512..1_000).contains(&eighth),
         "under a quarter: halved, {eighth}"
     );
+}
+
+#[test]
+fn a_queue_lingers_from_its_front_record_unless_that_was_overdue_on_arrival() {
+    let mut h = Harness::new(1, agg_config());
+    let t0 = h.now;
+    let mbt = h.engine.s.config.max_buffered_time;
+    let st = h.engine.shards.state_mut(0);
+    let e = |arrival| {
+        Entry::new(
+            UserRecord::new("k", "d"),
+            HashKey(0),
+            arrival,
+            Duration::from_secs(30),
+            None,
+        )
+    };
+    // A retry from t0 at the front of a queue opened later, within its linger: its own due.
+    st.push_back(e(t0));
+    st.opened = Some(t0 + mbt / 2);
+    assert_eq!(st.linger_due(mbt), Some(t0 + mbt));
+    // Opened exactly at its due: still its own due.
+    st.opened = Some(t0 + mbt);
+    assert_eq!(st.linger_due(mbt), Some(t0 + mbt));
+    // Opened after it was overdue: a linger from the opening.
+    st.opened = Some(t0 + 3 * mbt);
+    assert_eq!(st.linger_due(mbt), Some(t0 + 4 * mbt));
+    // Bytes queued follow pushes and pops.
+    let size = e(t0).size();
+    st.push_back(e(t0));
+    st.push_front(e(t0));
+    assert_eq!(st.queued_bytes, 3 * size);
+    st.pop_front();
+    assert_eq!(st.queued_bytes, 2 * size);
 }
