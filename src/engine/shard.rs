@@ -291,11 +291,9 @@ impl Shards {
     pub fn rotate_ready(&mut self, start: usize) {
         let n = self.states.len().max(1);
         let start = start % n;
-        if self.ready.len() > 1 {
-            self.ready
-                .make_contiguous()
-                .sort_unstable_by_key(|&i| (i + n - start) % n);
-        }
+        self.ready
+            .make_contiguous()
+            .sort_unstable_by_key(|&i| (i + n - start) % n);
     }
 
     /// Shard `i` has work but the in-flight limit is saturated: drain it when room frees.

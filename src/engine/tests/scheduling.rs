@@ -267,3 +267,32 @@ fn a_queue_lingers_from_its_front_record_unless_that_was_overdue_on_arrival() {
     st.pop_front();
     assert_eq!(st.queued_bytes, 2 * size);
 }
+
+#[test]
+fn ready_shards_are_drained_round_robin_from_the_start_given() {
+    let mut h = Harness::new(4, config());
+    for i in [3, 0, 2, 1] {
+        h.engine.shards.mark_ready(i);
+    }
+    h.engine.shards.rotate_ready(1);
+    let order: Vec<usize> = std::iter::from_fn(|| h.engine.shards.next_to_drain(true)).collect();
+    assert_eq!(order, [1, 2, 3, 0]);
+}
+
+#[test]
+fn a_flush_sends_a_lingering_aggregate_at_once() {
+    let mut h = Harness::new(1, agg_config());
+    h.add_to(0, 1, "k", "a");
+    h.add_to(0, 1, "k", "b");
+    assert!(h.poll().is_empty(), "lingering");
+    let (tx, _rx) = oneshot::channel();
+    h.engine.on_flush(tx);
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1, "the flush does not wait for the linger");
+    // The request's size is the aggregate's: data and outer partition key.
+    let r = &sent[0].1.records[0];
+    assert_eq!(
+        h.engine.in_flight[&sent[0].0].bytes,
+        r.data.len() + r.partition_key.len()
+    );
+}
