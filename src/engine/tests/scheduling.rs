@@ -296,3 +296,73 @@ fn a_flush_sends_a_lingering_aggregate_at_once() {
         r.data.len() + r.partition_key.len()
     );
 }
+
+#[test]
+fn the_timer_heap_keeps_the_earliest_wake_per_shard_and_drops_stale_ones() {
+    let mut h = Harness::new(2, config());
+    let t = h.now;
+    let ms = |n| t + Duration::from_millis(n);
+    let shards = &mut h.engine.shards;
+    assert!(!shards.has_ready());
+    shards.schedule(0, ms(10));
+    shards.schedule(0, ms(20));
+    assert_eq!(
+        shards.next_timer(),
+        Some(ms(10)),
+        "a later wake does not replace it"
+    );
+    shards.fire_timers(ms(10));
+    assert!(shards.has_ready(), "due exactly now: fired");
+    assert_eq!(shards.next_to_drain(true), Some(0));
+    // An earlier wake replaces a pending one, which goes stale and is dropped unfired.
+    shards.schedule(1, ms(50));
+    shards.schedule(1, ms(30));
+    shards.fire_timers(ms(30));
+    assert_eq!(shards.next_to_drain(true), Some(1));
+    assert_eq!(shards.next_timer(), None, "the stale entry is gone");
+}
+
+#[test]
+fn a_retired_range_passes_its_count_to_every_shard_it_overlaps_bounds_included() {
+    let cfg = ProducerConfig {
+        ordering: Ordering::PerShard,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    let info = |id: u32, start: u128, end: u128| ShardInfo {
+        id: format!("shardId-{id:012}").into(),
+        start,
+        end,
+        open: true,
+    };
+    h.engine.on_shard_map(
+        Ok(vec![
+            info(1, 0, 98),
+            info(2, 99, 150),
+            info(3, 151, u128::MAX),
+        ]),
+        h.now,
+    );
+    let _rx = h.add(
+        UserRecord::new("k", "d").with_explicit_hash_key("120"),
+        HashKey(120),
+    );
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.poll_after_window().len(), 1);
+    // Shard 2 [99, 150] is retired: [0, 99] and [100, 199] hold parts of its range.
+    h.engine.on_shard_map(
+        Ok(vec![
+            info(4, 0, 99),
+            info(5, 100, 199),
+            info(6, 200, u128::MAX),
+        ]),
+        h.now,
+    );
+    let counts: Vec<usize> = h
+        .engine
+        .shards
+        .iter()
+        .map(|s| s.outstanding.get())
+        .collect();
+    assert_eq!(counts, [1, 1, 0]);
+}
