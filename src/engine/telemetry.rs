@@ -68,9 +68,9 @@ impl Telemetry {
     /// Counters and handles for a shard new to the map.
     pub fn shard(&self, shard_id: &str) -> ShardTelemetry {
         ShardTelemetry {
+            // `rate_factor` comes from the shard's limiter when the stats are published.
             stats: ShardStats {
                 shard_id: shard_id.to_string(),
-                rate_factor: 1.0,
                 ..Default::default()
             },
             metrics: self.metrics.shard(shard_id),

@@ -187,4 +187,5 @@ mod ordering;
 mod request_errors;
 mod scheduling;
 mod settings;
+mod telemetry;
 mod wakeups;
