@@ -142,8 +142,7 @@ fn events_reach_metrics_logs_stats_and_dead_letters() {
     let limit = seen
         .iter()
         .find(|(n, _)| n == crate::metrics::RECORD_SIZE_LIMIT)
-        .map(|(_, v)| v.clone())
-        .map(|v| match v {
+        .map(|(_, v)| match v {
             DebugValue::Gauge(g) => g.0,
             _ => f64::NAN,
         });
