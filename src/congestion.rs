@@ -338,14 +338,27 @@ mod tests {
     #[test]
     fn a_large_request_taking_its_size_in_latency_is_not_queueing() {
         let t0 = Instant::now();
-        let mut c = warmed(ms(100), t0);
+        // A slow endpoint: 1 s a quantum, so four quanta in 4 s is no queueing (the slack of a
+        // second would hide a wrong expectation on a fast one).
+        let mut c = warmed(Duration::from_secs(1), t0);
         c.on_congestion(false, t0);
         let limit = c.limit();
-        // Four quanta in four times the lowest latency (above the 2× tolerance for one unit).
         for i in 1..=20 {
-            c.on_answer(ms(400), 4 * QUANTUM, t0 + ms(200 * i));
+            c.on_answer(Duration::from_secs(4), 4 * QUANTUM, t0 + ms(200 * i));
         }
         assert!(c.limit() > limit, "{} after {limit}", c.limit());
+    }
+
+    #[test]
+    fn a_smoothed_latency_within_the_slack_starts_no_probe() {
+        let t0 = Instant::now();
+        let mut c = warmed(ms(100), t0);
+        // Slower answers within the window, but less than the slack above the lowest.
+        for i in 1..=10 {
+            c.on_answer(ms(600), 0, t0 + Duration::from_secs(i));
+        }
+        c.on_answer(ms(600), 0, t0 + MIN_LATENCY_WINDOW + Duration::from_secs(1));
+        assert!(c.limit() > 1, "no probe: {}", c.limit());
     }
 
     #[test]
