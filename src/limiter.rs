@@ -240,6 +240,10 @@ mod tests {
         let at = l.ready_at(1, t0);
         let waited = at.duration_since(t0).as_secs_f64();
         assert!((waited - 0.051).abs() < 1e-6, "{waited}");
+        // The byte bucket too: half a second of bytes waits for 50,000 owed plus its own.
+        let at = l.ready_at(500_000, t0);
+        let waited = at.duration_since(t0).as_secs_f64();
+        assert!((waited - 0.55).abs() < 1e-6, "{waited}");
     }
 
     #[test]
