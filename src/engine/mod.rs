@@ -24,6 +24,7 @@ mod ledger;
 mod outcome;
 mod settings;
 mod shard;
+mod shard_state;
 mod telemetry;
 #[cfg(test)]
 mod tests;

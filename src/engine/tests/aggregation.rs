@@ -100,27 +100,7 @@ fn stranded_sub_records_are_resent_after_a_split() {
         "parked until the map says the child's range"
     );
     assert!(h.poll_refresh());
-    let split = vec![
-        ShardInfo {
-            id: "shardId-000000000000".into(),
-            start: 0,
-            end: u128::MAX,
-            open: false,
-        },
-        ShardInfo {
-            id: "shardId-000000000001".into(),
-            start: 0,
-            end: half - 1,
-            open: true,
-        },
-        ShardInfo {
-            id: "shardId-000000000002".into(),
-            start: half,
-            end: u128::MAX,
-            open: true,
-        },
-    ];
-    h.engine.on_shard_map(Ok(split), h.now);
+    h.engine.on_shard_map(Ok(split_in_two()), h.now);
     for rx in &mut rxs[..2] {
         let out = outcome(rx).unwrap();
         assert_eq!(&*out.shard_id, "shardId-000000000001");

@@ -169,6 +169,23 @@ fn pending(rx: &mut Rx) -> bool {
     matches!(rx.try_recv(), Err(TryRecvError::Empty))
 }
 
+/// The one shard of a one-shard stream split in two at the middle of the key space: the
+/// closed parent and its two children.
+fn split_in_two() -> Vec<ShardInfo> {
+    let half = 1u128 << 127;
+    let info = |id: &str, start, end, open| ShardInfo {
+        id: id.into(),
+        start,
+        end,
+        open,
+    };
+    vec![
+        info("shardId-000000000000", 0, u128::MAX, false),
+        info("shardId-000000000001", 0, half - 1, true),
+        info("shardId-000000000002", half, u128::MAX, true),
+    ]
+}
+
 const MS: Duration = Duration::from_millis(1);
 
 fn agg_config() -> ProducerConfig {

@@ -119,27 +119,7 @@ fn after_a_split_the_child_waits_for_what_its_parent_has_in_flight() {
     h.advance(Duration::from_millis(100));
     let first = h.poll_after_window();
     assert_eq!(first.len(), 1);
-    let split = vec![
-        ShardInfo {
-            id: "shardId-000000000000".into(),
-            start: 0,
-            end: u128::MAX,
-            open: false,
-        },
-        ShardInfo {
-            id: "shardId-000000000001".into(),
-            start: 0,
-            end: half - 1,
-            open: true,
-        },
-        ShardInfo {
-            id: "shardId-000000000002".into(),
-            start: half,
-            end: u128::MAX,
-            open: true,
-        },
-    ];
-    h.engine.on_shard_map(Ok(split), h.now);
+    h.engine.on_shard_map(Ok(split_in_two()), h.now);
     let mut b = add(&mut h, "b");
     h.advance(Duration::from_millis(300));
     assert!(
