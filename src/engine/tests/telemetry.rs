@@ -223,3 +223,69 @@ fn throttling_and_expiries_are_summarized_once_a_period() {
     assert_eq!(expired[0].0, tracing::Level::WARN);
     assert!(expired[0].1.contains("expired=2"), "{}", expired[0].1);
 }
+
+#[test]
+fn a_second_throttling_period_reports_only_its_own_throttles() {
+    let events = Events::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let mut h = Harness::new(1, config());
+        let throttled = err_entry("ProvisionedThroughputExceededException");
+        // Period 1: two throttled; period 2: one more.
+        for n in [2, 1] {
+            for _ in 0..n {
+                h.add_to(0, 1, "k", "d");
+            }
+            h.advance(Duration::from_millis(100));
+            let sent = h.poll_after_window();
+            let mut answers: Vec<_> = sent[0].1.records.iter().map(|r| ok_entry(r, 1)).collect();
+            for a in answers.iter_mut().take(n) {
+                *a = throttled.clone();
+            }
+            h.engine.on_response(sent[0].0, Ok(answers), h.now);
+            h.advance(STATS_PERIOD);
+            let _ = h.poll();
+        }
+    });
+    let throttling: Vec<String> = events
+        .with("throttled by the service")
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(throttling.len(), 2, "{throttling:?}");
+    assert!(throttling[0].contains("throttled=2"), "{}", throttling[0]);
+    assert!(throttling[1].contains("throttled=1"), "{}", throttling[1]);
+}
+
+#[test]
+fn the_endpoint_back_off_is_logged_when_entered_and_left() {
+    let events = Events::default();
+    let subscriber = tracing_subscriber::registry().with(events.clone());
+    tracing::subscriber::with_default(subscriber, || {
+        let cfg = ProducerConfig {
+            rate_limiting: false,
+            ..config()
+        };
+        let mut h = Harness::new(1, cfg);
+        h.add_to(0, 1, "k", "d");
+        for _ in 0..2 {
+            h.advance(Duration::from_millis(100));
+            let sent = h.poll_after_window();
+            let e = ClientError::service("ServiceUnavailable", "down", 503);
+            h.engine.on_response(sent[0].0, Err(e), h.now);
+        }
+        assert_eq!(events.with("back-off entered").len(), 1);
+        assert!(events.with("back-off left").is_empty());
+        h.now = h.engine.endpoint.until().expect("backing off");
+        let sent = h.poll_after_window();
+        let req = sent[0].1.clone();
+        h.ok_all(sent[0].0, &req, 1);
+    });
+    let entered = events.with("back-off entered");
+    assert_eq!(entered.len(), 1);
+    assert_eq!(entered[0].0, tracing::Level::WARN);
+    assert!(entered[0].1.contains("delay="), "{}", entered[0].1);
+    let left = events.with("back-off left");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, tracing::Level::INFO);
+}

@@ -372,4 +372,11 @@ fn a_tag_needs_its_key_and_may_carry_unknown_fields() {
             field: "tags.key"
         })
     );
+    // A length past the tag's end names the field it belongs to.
+    let what = |tag: &[u8]| match decode(&with_tag(tag)) {
+        Err(DeaggregateError::LengthOutOfBounds { what, .. }) => what,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(what(&[0x0A, 0x05, b't']), "Tag.key");
+    assert_eq!(what(&[0x0A, 0x01, b't', 0x12, 0x05, b'v']), "Tag.value");
 }
