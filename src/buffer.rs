@@ -6,8 +6,24 @@
 //! The engine's ledger counts the same records on its own; `stats()` reports both, so tests
 //! can check one against the other.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use tokio::sync::Semaphore;
+
+/// The admission caps of the streams a producer serves, and the room held back from `add` so
+/// that what it may use is their sum (capped at the bound). Written by the engine thread only.
+#[derive(Debug, Default)]
+struct HoldBack {
+    /// Each stream's cap (records, bytes), by the id its ledger got from [`BufferGauge::slot`].
+    caps: HashMap<u64, (usize, usize)>,
+    /// Sum of `caps`.
+    total: (usize, usize),
+    /// Room held back now, and how much should be.
+    withheld: (usize, usize),
+    withhold: (usize, usize),
+    next_slot: u64,
+}
 
 #[derive(Debug)]
 pub(crate) struct BufferGauge {
@@ -18,6 +34,7 @@ pub(crate) struct BufferGauge {
     /// Room the engine holds back from `add` (the admission cap below the bound), as
     /// (records, bytes); written by the engine only.
     withheld: (AtomicUsize, AtomicUsize),
+    hold_back: Mutex<HoldBack>,
 }
 
 impl BufferGauge {
@@ -29,13 +46,83 @@ impl BufferGauge {
             max_records,
             max_bytes,
             withheld: (AtomicUsize::new(0), AtomicUsize::new(0)),
+            hold_back: Mutex::new(HoldBack::default()),
         }
+    }
+
+    fn hold_back(&self) -> std::sync::MutexGuard<'_, HoldBack> {
+        // Only the engine thread locks it, and nothing panics while it is held.
+        self.hold_back.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An id for a stream's admission cap (see [`BufferGauge::set_cap`]).
+    pub fn slot(&self) -> u64 {
+        let mut h = self.hold_back();
+        h.next_slot += 1;
+        h.next_slot
+    }
+
+    /// Stream `slot`'s admission cap (`None`: the stream is gone). `add` may use the sum of
+    /// the streams' caps, at most the bound: room above it is held back (taken from what is
+    /// free now, the rest as records give it back); room below it that was held back goes back.
+    pub fn set_cap(&self, slot: u64, cap: Option<(usize, usize)>) {
+        let mut h = self.hold_back();
+        let old = match cap {
+            Some(cap) => h.caps.insert(slot, cap),
+            None => h.caps.remove(&slot),
+        }
+        .unwrap_or((0, 0));
+        let new = cap.unwrap_or((0, 0));
+        h.total = (h.total.0 - old.0 + new.0, h.total.1 - old.1 + new.1);
+        let withhold = (
+            self.max_records.saturating_sub(h.total.0),
+            self.max_bytes.saturating_sub(h.total.1),
+        );
+        // Unchanged: what is still to withhold comes from releases (free room appears only
+        // through them, and they fill the withheld room first).
+        if withhold == h.withhold {
+            return;
+        }
+        h.withhold = withhold;
+        let excess = (
+            h.withheld.0.saturating_sub(withhold.0),
+            h.withheld.1.saturating_sub(withhold.1),
+        );
+        if excess != (0, 0) {
+            // Give back before no longer counting it (see `BufferGauge::room`).
+            self.release(excess.0, excess.1);
+            h.withheld = (h.withheld.0 - excess.0, h.withheld.1 - excess.1);
+            self.set_withheld(h.withheld.0, h.withheld.1);
+        }
+        let taken = self.take_free(
+            withhold.0.saturating_sub(h.withheld.0),
+            withhold.1.saturating_sub(h.withheld.1),
+        );
+        if taken != (0, 0) {
+            h.withheld = (h.withheld.0 + taken.0, h.withheld.1 + taken.1);
+            self.set_withheld(h.withheld.0, h.withheld.1);
+        }
+    }
+
+    /// Records resolved give their room back: what the caps want held back is kept, the rest
+    /// goes back to `add`.
+    pub fn give_back(&self, records: usize, bytes: usize) {
+        let mut h = self.hold_back();
+        let keep = (
+            records.min(h.withhold.0.saturating_sub(h.withheld.0)),
+            bytes.min(h.withhold.1.saturating_sub(h.withheld.1)),
+        );
+        if keep != (0, 0) {
+            h.withheld = (h.withheld.0 + keep.0, h.withheld.1 + keep.1);
+            self.set_withheld(h.withheld.0, h.withheld.1);
+        }
+        self.release(records - keep.0, bytes - keep.1);
     }
 
     /// Takes up to `records` and `bytes` of the room free now, without waiting; returns what
     /// it took. The caller holds it back from `add` until it gives it back with
     /// [`BufferGauge::release`].
-    pub fn take_free(&self, records: usize, bytes: usize) -> (usize, usize) {
+    fn take_free(&self, records: usize, bytes: usize) -> (usize, usize) {
         let take = |sem: &Semaphore, want: usize| {
             let n = want.min(sem.available_permits()).min(u32::MAX as usize);
             match sem.try_acquire_many(n as u32) {
@@ -58,7 +145,7 @@ impl BufferGauge {
     }
 
     /// Publishes what the engine holds back (after taking room, before giving it back).
-    pub fn set_withheld(&self, records: usize, bytes: usize) {
+    fn set_withheld(&self, records: usize, bytes: usize) {
         self.withheld.0.store(records, Ordering::Release);
         self.withheld.1.store(bytes, Ordering::Release);
     }
@@ -178,6 +265,35 @@ mod tests {
         g.release(9, 500);
         g.set_withheld(0, 0);
         assert_eq!(g.room(), (9, 700, 0, 0));
+    }
+
+    #[test]
+    fn the_caps_of_several_streams_add_up_to_what_add_may_use() {
+        let g = BufferGauge::new(100, 1_000);
+        let (a, b) = (g.slot(), g.slot());
+        g.set_cap(a, Some((30, 300)));
+        assert_eq!(g.withheld(), (70, 700), "one stream: its cap");
+        g.set_cap(b, Some((50, 500)));
+        assert_eq!(g.withheld(), (20, 200), "two: the sum");
+        g.set_cap(b, Some((90, 900)));
+        assert_eq!(g.withheld(), (0, 0), "never above the bound");
+        g.set_cap(b, None);
+        assert_eq!(
+            g.withheld(),
+            (70, 700),
+            "a stream released: its cap no longer counts"
+        );
+        // Room held by records comes back into the withheld room first once freed.
+        g.set_cap(a, Some((0, 0)));
+        assert_eq!(g.withheld(), (100, 1_000));
+        g.set_cap(a, Some((100, 1_000)));
+        assert!(g.try_acquire(10));
+        g.set_cap(a, Some((95, 950)));
+        assert_eq!(g.withheld(), (5, 50), "taken from the free room");
+        g.set_cap(a, Some((90, 900)));
+        g.give_back(1, 10);
+        assert_eq!(g.withheld(), (10, 100));
+        assert_eq!(g.room(), (90, 900, 10, 100));
     }
 
     #[tokio::test]

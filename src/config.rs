@@ -36,6 +36,8 @@ pub const DEFAULT_SHARD_MAP_REFRESH_INTERVAL: Duration = Duration::from_secs(60)
 /// Default period of `DescribeStreamSummary` reads (jittered ±20 %; see
 /// [`crate::stream_settings`] for why).
 pub const DEFAULT_STREAM_SETTINGS_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+/// Default [`ProducerConfig::stream_idle_timeout`].
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time `shutdown()` waits for records before failing the rest.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -49,6 +51,15 @@ pub enum StreamRef {
 }
 
 impl StreamRef {
+    /// A name, or an ARN if it starts with `arn:`.
+    pub fn parse(name_or_arn: &str) -> Self {
+        if name_or_arn.starts_with("arn:") {
+            StreamRef::Arn(name_or_arn.to_string())
+        } else {
+            StreamRef::Name(name_or_arn.to_string())
+        }
+    }
+
     /// The name or ARN as given.
     pub fn as_str(&self) -> &str {
         match self {
@@ -137,6 +148,10 @@ pub struct ProducerConfig {
     /// Period of `DescribeStreamSummary` reads that follow the stream's record distribution and
     /// record size limit (also read at once on evidence of a change).
     pub stream_settings_refresh_interval: Duration,
+    /// How long a stream other than the producer's own (see [`crate::UserRecord::to`]) may go
+    /// without records before its state (shard map, limiters, stats) is released; its next
+    /// record reads the stream again.
+    pub stream_idle_timeout: Duration,
     /// Labels on metrics.
     pub metrics_granularity: MetricsGranularity,
     /// How long `shutdown()` (and dropping the last handle) waits before failing what is left.
@@ -164,6 +179,7 @@ impl Default for ProducerConfig {
             ordering: Ordering::None,
             shard_map_refresh_interval: DEFAULT_SHARD_MAP_REFRESH_INTERVAL,
             stream_settings_refresh_interval: DEFAULT_STREAM_SETTINGS_REFRESH_INTERVAL,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
             metrics_granularity: MetricsGranularity::Stream,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
         }
@@ -268,6 +284,7 @@ impl ProducerConfig {
                 "stream_settings_refresh_interval",
                 self.stream_settings_refresh_interval,
             ),
+            ("stream_idle_timeout", self.stream_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(out_of_range(field, "0s", "must be more than zero"));

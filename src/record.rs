@@ -15,6 +15,9 @@ pub struct UserRecord {
     pub explicit_hash_key: Option<String>,
     /// The payload. Empty data is allowed.
     pub data: Bytes,
+    /// The stream it goes to, by name or ARN (an ARN starts with `arn:`); `None`: the
+    /// producer's stream (the builder's `stream_name` or `stream_arn`). See [`UserRecord::to`].
+    pub stream: Option<Arc<str>>,
 }
 
 impl UserRecord {
@@ -24,6 +27,7 @@ impl UserRecord {
             partition_key: partition_key.into(),
             explicit_hash_key: None,
             data: data.into(),
+            stream: None,
         }
     }
 
@@ -43,6 +47,16 @@ impl UserRecord {
     /// Sets the explicit hash key (decimal, 0 to 2^128 - 1).
     pub fn with_explicit_hash_key(mut self, explicit_hash_key: impl Into<String>) -> Self {
         self.explicit_hash_key = Some(explicit_hash_key.into());
+        self
+    }
+
+    /// Sends it to another stream than the producer's, by name or ARN (an ARN starts with
+    /// `arn:`). One producer serves any number of streams with one buffer bound, one in-flight
+    /// limit and one client; each stream has its own shard map, rate limits, aggregates and
+    /// settings, read on its first record. A stream named once by name and once by ARN is
+    /// treated as two. Pass an `Arc<str>` kept by the caller to avoid a copy per record.
+    pub fn to(mut self, stream: impl Into<Arc<str>>) -> Self {
+        self.stream = Some(stream.into());
         self
     }
 

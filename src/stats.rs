@@ -72,6 +72,31 @@ pub struct Stats {
     pub shards: Vec<ShardStats>,
 }
 
+impl Stats {
+    /// Adds another stream's counters (records, bytes, requests, events) to these; settings,
+    /// buffer room, uptime and per-shard counters stay.
+    pub(crate) fn add_counters(&mut self, o: &Stats) {
+        self.records_received += o.records_received;
+        self.records_put += o.records_put;
+        self.records_failed += o.records_failed;
+        self.records_expired += o.records_expired;
+        self.records_pending += o.records_pending;
+        self.bytes_pending += o.bytes_pending;
+        self.kinesis_records_put += o.kinesis_records_put;
+        self.bytes_put += o.bytes_put;
+        self.requests += o.requests;
+        self.throttles += o.throttles;
+        self.retries += o.retries;
+        self.possible_duplicates += o.possible_duplicates;
+        self.dead_letters_sent += o.dead_letters_sent;
+        self.dead_letters_dropped += o.dead_letters_dropped;
+        self.stranded_resent += o.stranded_resent;
+        self.shard_map_refreshes += o.shard_map_refreshes;
+        self.stream_settings_changes += o.stream_settings_changes;
+        self.stream_settings_reads += o.stream_settings_reads;
+    }
+}
+
 /// Per-shard counters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ShardStats {

@@ -133,8 +133,9 @@ impl SettingsSchedule {
     }
 }
 
-/// The settings that decide what the producer may send.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The settings that decide what the producer may send (the default: the API's defaults, a
+/// stream not read yet).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamSettings {
     /// `RecordDistributionStrategy` is `AUTO`.
     pub auto_distribution: bool,

@@ -1,5 +1,8 @@
 //! The whole producer through its I/O seam, with a scripted fake Kinesis.
 
+// `AddError` carries the caller's record back (see `src/producer/mod.rs`).
+#![allow(clippy::result_large_err)]
+
 mod support;
 
 use kinesis_producer::kinesis::{ClientError, ClientErrorKind};

@@ -9,6 +9,7 @@ use crate::collector::Batch;
 use crate::config::Ordering;
 use crate::kinesis::{PutRecordsEntry, PutRecordsRequest};
 use crate::retry::Backoff;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 /// Whole-request failures in a row after which all sending backs off.
@@ -63,7 +64,7 @@ impl EndpointBackoff {
 
 impl Engine {
     pub(super) fn saturated(&self) -> bool {
-        self.in_flight.len() + self.outbox.len() >= self.concurrency.limit()
+        self.requests_in_flight() + self.outbox.len() >= self.concurrency.limit()
     }
 
     /// Drains the shards that may have work: those a timer or an event made ready, and, while
@@ -163,7 +164,7 @@ impl Engine {
 
     /// Sends batches from the outbox while the in-flight limit and the endpoint allow.
     pub(super) fn send_ready(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        while self.in_flight.len() < self.concurrency.limit()
+        while self.requests_in_flight() < self.concurrency.limit()
             && self.endpoint.paused_until(now).is_none()
         {
             let Some(mut batch) = self.outbox.pop_front() else {
@@ -218,6 +219,7 @@ impl Engine {
             ));
         }
         self.telemetry.dispatched(user_records);
+        self.s.requests.fetch_add(1, Relaxed);
         self.in_flight.insert(
             id,
             InFlight {

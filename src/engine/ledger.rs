@@ -45,9 +45,8 @@ pub(super) struct Ledger {
     records: usize,
     bytes: usize,
     flushes: Vec<FlushWaiter>,
-    /// Room held back from `add` now, and how much should be: (records, bytes).
-    withheld: (usize, usize),
-    withhold: (usize, usize),
+    /// This stream's admission cap's id in the gauge.
+    slot: u64,
     gauge: Arc<BufferGauge>,
     /// Where `records`/`bytes` are published for `stats()` (the engine is the only writer).
     shared: Arc<SharedStats>,
@@ -60,8 +59,7 @@ impl Ledger {
             records: 0,
             bytes: 0,
             flushes: Vec::new(),
-            withheld: (0, 0),
-            withhold: (0, 0),
+            slot: gauge.slot(),
             gauge,
             shared,
         }
@@ -96,52 +94,20 @@ impl Ledger {
         }
         self.records -= n;
         self.bytes -= bytes;
-        // Keep what the admission cap wants held back; give the rest back to `add`.
-        let keep = (
-            n.min(self.withhold.0.saturating_sub(self.withheld.0)),
-            bytes.min(self.withhold.1.saturating_sub(self.withheld.1)),
-        );
-        if keep != (0, 0) {
-            self.withheld = (self.withheld.0 + keep.0, self.withheld.1 + keep.1);
-            self.gauge.set_withheld(self.withheld.0, self.withheld.1);
-        }
-        self.gauge.release(n - keep.0, bytes - keep.1);
+        self.gauge.give_back(n, bytes);
         self.publish();
         (n, bytes)
     }
 
-    /// The admission cap in force: the room `add` may use, records and bytes. Room above it is
-    /// held back (taken from what is free now, the rest as records give it back); room below it
-    /// that was held back goes back to `add`.
+    /// The admission cap in force: the room `add` may use for this stream's records (the
+    /// gauge adds up the caps of every stream the producer serves).
     pub fn set_cap(&mut self, cap: (usize, usize)) {
-        let withhold = (
-            self.gauge.max_records.saturating_sub(cap.0),
-            self.gauge.max_bytes.saturating_sub(cap.1),
-        );
-        // Unchanged: what is still to withhold comes from releases (free room appears only
-        // through them, and they fill the withheld room first).
-        if withhold == self.withhold {
-            return;
-        }
-        self.withhold = withhold;
-        let excess = (
-            self.withheld.0.saturating_sub(withhold.0),
-            self.withheld.1.saturating_sub(withhold.1),
-        );
-        if excess != (0, 0) {
-            // Give back before no longer counting it (see `BufferGauge::room`).
-            self.gauge.release(excess.0, excess.1);
-            self.withheld = (self.withheld.0 - excess.0, self.withheld.1 - excess.1);
-            self.gauge.set_withheld(self.withheld.0, self.withheld.1);
-        }
-        let taken = self.gauge.take_free(
-            withhold.0.saturating_sub(self.withheld.0),
-            withhold.1.saturating_sub(self.withheld.1),
-        );
-        if taken != (0, 0) {
-            self.withheld = (self.withheld.0 + taken.0, self.withheld.1 + taken.1);
-            self.gauge.set_withheld(self.withheld.0, self.withheld.1);
-        }
+        self.gauge.set_cap(self.slot, Some(cap));
+    }
+
+    /// The stream is released: its cap no longer counts.
+    pub fn drop_cap(&mut self) {
+        self.gauge.set_cap(self.slot, None);
     }
 
     /// A released record's result was delivered: flush waiters that wait for it are one record

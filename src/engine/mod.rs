@@ -18,6 +18,7 @@
 //! requests), `outcome` (responses, retries, expiry), `ledger` (what is held; the only place
 //! buffer room is given back) and `telemetry` (stats, metrics and the failure callback).
 
+mod discovery;
 mod dispatch;
 mod entry;
 mod ledger;
@@ -53,6 +54,7 @@ use entry::KRecord;
 use ledger::Ledger;
 use shard::{ShardState, Shards};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use telemetry::{Telemetry, STATS_PERIOD};
@@ -116,6 +118,9 @@ pub(crate) struct EngineSettings {
     pub live: Arc<LiveSettings>,
     pub on_failure: Option<FailureCallback>,
     pub dead_letters: Option<crate::dead_letter::DeadLetterSender>,
+    /// Requests in flight, counted across every stream the producer serves: the in-flight
+    /// limit holds for all of them together.
+    pub requests: Arc<AtomicUsize>,
 }
 
 impl EngineSettings {
@@ -146,6 +151,7 @@ impl EngineSettings {
             live,
             on_failure: None,
             dead_letters: None,
+            requests: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -181,6 +187,8 @@ pub(crate) struct Engine {
     /// Back from `AUTO`: aggregation resumes once a fresh shard map is installed.
     resume_aggregation: bool,
     parked: Vec<Stored>,
+    /// The stream's settings and map are being read (a stream met on its first record).
+    discovery: Option<discovery::Discovery>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
     endpoint: EndpointBackoff,
     concurrency: Concurrency,
@@ -220,6 +228,7 @@ impl Engine {
             next_request: 0,
             ledger: Ledger::new(gauge, stats.clone()),
             parked: Vec::new(),
+            discovery: None,
             shutdown: None,
             endpoint: EndpointBackoff::default(),
             concurrency: if s.config.adaptive_concurrency {
@@ -265,6 +274,14 @@ impl Engine {
             self.resolve(entry, Err(RecordError::ShutDown { attempts: vec![] }));
             return;
         }
+        if let Some(entry) = self.hold_for_discovery(entry, now) {
+            self.queue_record(entry, now);
+        }
+    }
+
+    /// Queues an admitted record for its shard (or fails it if the stream's settings changed
+    /// since `add` checked it).
+    fn queue_record(&mut self, entry: Entry, now: Instant) {
         // `add` checked it against the settings it saw; they may have changed since.
         if let Some(error) = self.unfit(&entry.record) {
             self.resolve(
@@ -309,6 +326,27 @@ impl Engine {
         self.shards.mark_all_held();
     }
 
+    /// Whether it holds nothing and waits for no read: its state may be released.
+    pub fn is_idle(&self) -> bool {
+        self.ledger.held() == 0
+            && self.in_flight.is_empty()
+            && self.refresh.next_due().is_some()
+            && self.settings_schedule.next_due().is_some()
+    }
+
+    /// Whether it has something to send and waits for room under the in-flight limit, which
+    /// requests of other streams hold.
+    pub fn wants_room(&self) -> bool {
+        self.requests_in_flight() >= self.concurrency.limit()
+            && (!self.outbox.is_empty() || self.shards.has_blocked())
+    }
+
+    /// The stream's state is dropped (idle): its admission cap no longer counts.
+    pub fn release(mut self) {
+        self.ledger.drop_cap();
+        self.telemetry.released();
+    }
+
     /// Whether the engine has shut down and holds nothing: the loop may end.
     pub fn is_finished(&self) -> bool {
         self.shutdown.is_some() && self.ledger.held() == 0
@@ -324,6 +362,7 @@ impl Engine {
         let Some(request) = self.in_flight.remove(&id) else {
             return; // failed already at the shutdown deadline
         };
+        self.s.requests.fetch_sub(1, Relaxed);
         let latency = now.saturating_duration_since(request.start);
         self.telemetry.answered(latency);
         let retry = match result {
@@ -338,6 +377,9 @@ impl Engine {
 
     /// The result of an [`Action::RefreshShardMap`].
     pub fn on_shard_map(&mut self, result: Result<Vec<ShardInfo>, ClientError>, now: Instant) {
+        let Some(result) = self.discovered_map(result, now) else {
+            return;
+        };
         let shards = match result {
             Ok(shards) if shards.iter().any(|s| s.open) => shards,
             Ok(_) => {
@@ -382,6 +424,9 @@ impl Engine {
                 self.fail_everything(now);
             }
         }
+        if self.discovery.is_some() {
+            self.poll_discovery(now, false);
+        }
         let flushing = self.ledger.flushing() || self.shutdown.is_some();
         let mut expired = std::mem::take(&mut self.scratch);
         self.drain_ready(now, flushing, &mut expired);
@@ -425,6 +470,11 @@ impl Engine {
         }
     }
 
+    /// Requests in flight, this stream's and the other streams' of the producer.
+    fn requests_in_flight(&self) -> usize {
+        self.s.requests.load(Relaxed)
+    }
+
     /// When [`Engine::poll`] next has something to do without new input.
     pub fn next_deadline(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
@@ -436,7 +486,7 @@ impl Engine {
         at(self.refresh.next_due());
         at(self.settings_schedule.next_due());
         at(self.shutdown.as_ref().map(|(d, _)| *d));
-        if self.in_flight.len() < self.concurrency.limit() && !self.outbox.is_empty() {
+        if self.requests_in_flight() < self.concurrency.limit() && !self.outbox.is_empty() {
             // Dispatch when the endpoint's back-off ends, or at once.
             at(Some(
                 self.endpoint
@@ -446,6 +496,7 @@ impl Engine {
         }
         at(self.collector.due_at(self.s.config.max_buffered_time));
         at(self.shards.next_timer());
+        at(self.discovery_deadline());
         if self.shards.has_ready() || (self.shards.has_blocked() && !self.saturated()) {
             // Drain at once.
             at(Some(self.telemetry.last_published));

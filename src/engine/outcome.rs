@@ -14,6 +14,7 @@ use crate::error::RecordError;
 use crate::kinesis::{ClientError, ClientErrorKind, PutRecordsResultEntry};
 use crate::record::{Attempt, PutOutcome};
 use crate::retry::{self, Decision};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -401,6 +402,7 @@ impl Engine {
 
     /// Shutdown deadline: every record still held fails.
     pub(super) fn fail_everything(&mut self, now: Instant) {
+        self.poll_discovery(now, true);
         let mut all: Vec<Entry> = Vec::new();
         for st in self.shards.iter_mut() {
             all.extend(st.drain_held());
@@ -414,6 +416,7 @@ impl Engine {
         // A request still in flight may yet be applied: say so in the record's attempts, so
         // the error does not claim the record was not stored.
         for (_, f) in std::mem::take(&mut self.in_flight) {
+            self.s.requests.fetch_sub(1, Relaxed);
             let attempt = Attempt {
                 start: f.start,
                 duration: now.saturating_duration_since(f.start),

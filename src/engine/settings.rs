@@ -34,6 +34,9 @@ pub(super) fn jitter_seed() -> u64 {
 impl Engine {
     /// The result of an [`super::Action::ReadStreamSettings`].
     pub fn on_stream_settings(&mut self, result: Result<StreamSummary, ClientError>, now: Instant) {
+        let Some(result) = self.discovered_settings(result, now) else {
+            return;
+        };
         let summary = match result {
             Ok(summary) => summary,
             Err(e) => {

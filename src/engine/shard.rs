@@ -173,6 +173,12 @@ impl Shards {
         }
     }
 
+    /// Room of the timer heap (tests check it is given back after a burst).
+    #[cfg(test)]
+    pub fn timer_capacity(&self) -> usize {
+        self.timers.capacity()
+    }
+
     /// The earliest pending timer.
     pub fn next_timer(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((at, _))| *at)

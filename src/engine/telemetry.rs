@@ -199,6 +199,26 @@ impl Telemetry {
         }
     }
 
+    /// A stream met on its first record was read: it has `shards` open shards.
+    pub fn discovered(&self, shards: usize) {
+        tracing::info!(stream = &*self.stream, shards, "stream discovered");
+    }
+
+    /// A stream met on its first record cannot be used: its records fail with the error.
+    pub fn discovery_failed(&self, code: &str, message: &str) {
+        tracing::warn!(
+            stream = &*self.stream,
+            code,
+            message,
+            "stream cannot be used: its records fail"
+        );
+    }
+
+    /// An idle stream's state was released.
+    pub fn released(&self) {
+        tracing::info!(stream = &*self.stream, "idle stream released");
+    }
+
     pub fn mispredicted(&self) {
         self.metrics.mispredictions.increment(1);
     }

@@ -1,19 +1,21 @@
 //! [`ProducerBuilder`]: settings, then `build`: read the stream's summary and shard map, start
 //! the engine's thread, hand back the [`Producer`].
 
-use super::driver::{with_timeout, Driver};
+use super::driver::{with_timeout, Driver, Shared};
+use super::streams::{Registry, StreamEntry};
 use super::{FailureCallback, Inner, Producer};
 use crate::buffer::BufferGauge;
 use crate::config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 use crate::dead_letter::DeadLetterSender;
 use crate::engine::{Engine, EngineSettings};
-use crate::error::{BuildError, RecordError};
+use crate::error::{BuildError, RecordError, RecordLimitFrom};
 use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, SdkKinesis};
+use crate::limits::MAX_REQUEST_BYTES;
 use crate::metrics::Metrics;
 use crate::record::UserRecord;
 use crate::shard_map::ShardMap;
 use crate::stats::SharedStats;
-use crate::stream_settings::{LiveSettings, StreamSettings};
+use crate::stream_settings::{LiveSettings, RecordLimit, StreamSettings};
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -98,6 +100,9 @@ impl ProducerBuilder {
         shard_map_refresh_interval: Duration;
         /// Period of stream settings reads (default 60 s, jittered).
         stream_settings_refresh_interval: Duration;
+        /// How long another stream goes without records before its state is released
+        /// (default 5 minutes).
+        stream_idle_timeout: Duration;
         /// Labels on metrics.
         metrics_granularity: MetricsGranularity;
         /// How long shutdown waits before failing what is left.
@@ -194,24 +199,43 @@ impl ProducerBuilder {
         let metrics = Metrics::new(stream.as_str(), config.metrics_granularity);
         let mut settings =
             EngineSettings::new(&config, stream.clone(), stream_settings, live.clone());
-        settings.on_failure = self.on_failure;
-        settings.dead_letters = self.dead_letters;
+        settings.on_failure = self.on_failure.clone();
+        settings.dead_letters = self.dead_letters.clone();
+        let registry = Arc::new(Registry::default());
+        registry.insert(StreamEntry {
+            name: stream.as_str().into(),
+            stats: stats.clone(),
+            live: live.clone(),
+        });
+        let shared = Shared {
+            requests: settings.requests.clone(),
+            config: config.clone(),
+            gauge: gauge.clone(),
+            kinesis,
+            runtime,
+            on_failure: self.on_failure,
+            dead_letters: self.dead_letters,
+            registry: registry.clone(),
+        };
         let engine = Engine::new(settings, map, gauge.clone(), stats.clone(), metrics, now);
-        let tx = Driver::spawn(engine, kinesis, runtime, timeout, stream.clone()).map_err(|e| {
-            BuildError::Kinesis {
+        let tx =
+            Driver::spawn(shared, engine, stream.clone()).map_err(|e| BuildError::Kinesis {
                 operation: "spawn",
                 code: "ThreadSpawn".into(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         Ok(Producer {
             inner: Arc::new(Inner {
                 tx,
                 gauge,
-                stats,
+                registry,
                 closed: AtomicBool::new(false),
                 live,
                 record_ttl: config.record_ttl,
+                any_stream_limit: RecordLimit {
+                    bytes: config.request_bytes_for(MAX_REQUEST_BYTES),
+                    from: RecordLimitFrom::MaxRequestBytes,
+                },
                 stream,
             }),
         })

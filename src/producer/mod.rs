@@ -25,8 +25,13 @@
 //!
 //! The builder is in `builder.rs`; the thread that drives the engine in `driver.rs`.
 
+// `AddError` hands the caller's record back by value (no allocation when `add` refuses one):
+// larger than clippy's default for an error, on purpose.
+#![allow(clippy::result_large_err)]
+
 mod builder;
 mod driver;
+mod streams;
 
 pub use builder::ProducerBuilder;
 
@@ -37,7 +42,7 @@ use crate::error::{AddError, RecordError, ValidationError};
 use crate::hash_key::HashKey;
 use crate::limits::MAX_PARTITION_KEY_CHARS;
 use crate::record::{PutOutcome, UserRecord};
-use crate::stats::{SharedStats, Stats};
+use crate::stats::Stats;
 use crate::stream_settings::{LiveSettings, RecordLimit};
 use crossbeam_channel::Sender;
 use driver::Msg;
@@ -66,12 +71,15 @@ pub struct Producer {
 struct Inner {
     tx: Sender<Msg>,
     gauge: Arc<BufferGauge>,
-    stats: Arc<SharedStats>,
+    registry: Arc<streams::Registry>,
     closed: AtomicBool,
     /// The stream's settings as the engine last read them.
     live: Arc<LiveSettings>,
     record_ttl: Duration,
     stream: StreamRef,
+    /// The record limit `add` applies to records for other streams: the largest a request
+    /// can carry.
+    any_stream_limit: RecordLimit,
 }
 
 impl std::fmt::Debug for Producer {
@@ -128,12 +136,16 @@ impl Producer {
         if self.inner.closed.load(AtomicOrdering::Acquire) {
             return Err(AddError::ShutDown { record });
         }
-        match validate(
-            &record,
-            self.inner.live.record_limit(),
-            self.inner.live.auto_distribution(),
-            self.inner.gauge.max_bytes,
-        ) {
+        // Another stream's settings are not known here: the largest record a request can
+        // carry passes, and its engine checks the stream's own limits when it queues it.
+        let (limit, auto) = match &record.stream {
+            Some(s) if **s != *self.inner.stream.as_str() => (self.inner.any_stream_limit, true),
+            _ => (
+                self.inner.live.record_limit(),
+                self.inner.live.auto_distribution(),
+            ),
+        };
+        match validate(&record, limit, auto, self.inner.gauge.max_bytes) {
             Ok(hash_key) => Ok(Entry::new(
                 record,
                 hash_key,
@@ -233,18 +245,23 @@ impl Producer {
         rx.await.map_err(|_| ProducerClosed)
     }
 
-    /// A snapshot of the producer's counters.
+    /// A snapshot of the producer's counters: records, bytes, requests and events of every
+    /// stream it served (streams released when idle included); the buffer's room (one bound
+    /// for all streams); the settings and per-shard counters of the producer's own stream.
     pub fn stats(&self) -> Stats {
-        let g = &self.inner.gauge;
-        let live = &self.inner.live;
-        Stats {
-            auto_distribution: live.auto_distribution(),
-            on_demand: live.on_demand(),
-            record_size_limit: live.record_limit().bytes as u64,
-            stream_settings_changes: live.changes(),
-            stream_settings_reads: live.reads(),
-            ..self.inner.stats.snapshot(g.room())
-        }
+        self.inner.registry.total(self.inner.gauge.room())
+    }
+
+    /// One stream's counters and settings (the buffer's room is the producer's), if the
+    /// producer serves it now: its own stream always, another from its first record until it
+    /// is released after `stream_idle_timeout` without records.
+    pub fn stream_stats(&self, stream: &str) -> Option<Stats> {
+        self.inner.registry.stream(stream, self.inner.gauge.room())
+    }
+
+    /// The streams the producer serves now, its own first.
+    pub fn streams(&self) -> Vec<Arc<str>> {
+        self.inner.registry.names()
     }
 }
 

@@ -199,6 +199,7 @@ fn agg_config() -> ProducerConfig {
 mod accounting;
 mod aggregation;
 mod batching;
+mod discovery;
 mod failures;
 mod ordering;
 mod request_errors;

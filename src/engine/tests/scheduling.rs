@@ -323,6 +323,39 @@ fn the_timer_heap_keeps_the_earliest_wake_per_shard_and_drops_stale_ones() {
 }
 
 #[test]
+fn a_burst_of_timers_fires_in_order_and_gives_its_room_back() {
+    use crate::engine::shard_state::IDLE_QUEUE_CAPACITY;
+    let n = 4 * IDLE_QUEUE_CAPACITY as u32;
+    let mut h = Harness::new(n, config());
+    let t = h.now;
+    let ms = |k: u64| t + Duration::from_millis(k);
+    let shards = &mut h.engine.shards;
+    for i in 0..n as usize {
+        shards.schedule(i, ms(10 + i as u64));
+    }
+    shards.fire_timers(ms(10));
+    assert_eq!(shards.next_to_drain(true), Some(0));
+    assert!(!shards.has_ready());
+    assert_eq!(
+        shards.next_timer(),
+        Some(ms(11)),
+        "the others still pending"
+    );
+    shards.fire_timers(ms(10 + n as u64));
+    let mut fired = 0;
+    while shards.next_to_drain(true).is_some() {
+        fired += 1;
+    }
+    assert_eq!(fired, n - 1);
+    assert_eq!(shards.next_timer(), None);
+    assert!(
+        shards.timer_capacity() <= IDLE_QUEUE_CAPACITY,
+        "no high-water mark kept: {}",
+        shards.timer_capacity()
+    );
+}
+
+#[test]
 fn a_retired_range_passes_its_count_to_every_shard_it_overlaps_bounds_included() {
     let cfg = ProducerConfig {
         ordering: Ordering::PerShard,
