@@ -402,22 +402,25 @@ fn a_retired_range_passes_its_count_to_every_shard_it_overlaps_bounds_included()
 
 #[test]
 fn a_shard_that_sent_all_it_held_is_not_queued_for_in_flight_room() {
+    // One record per request, one request in flight: the record that fills the request also
+    // saturates the limit, in the middle of the shard's drain.
     let cfg = ProducerConfig {
         max_in_flight: 1,
+        max_records_per_request: 1,
         rate_limiting: false,
         ..config()
     };
     let mut h = Harness::new(2, cfg);
     h.add_to(0, 2, "k", "a");
-    h.add_to(1, 2, "k", "b");
     h.advance(100 * MS);
     assert_eq!(h.poll().len(), 1, "one request, the limit reached");
     assert!(
         !h.engine.shards.has_blocked(),
         "nothing left to send: no drain when room frees"
     );
-    // A shard left holding a record while saturated waits for room.
-    h.add_to(0, 2, "k", "c");
+    // A shard left holding a record when the limit is reached waits for room.
+    h.add_to(1, 2, "k", "b");
+    h.add_to(1, 2, "k", "c");
     h.advance(100 * MS);
     assert!(h.poll().is_empty(), "saturated");
     assert!(h.engine.shards.has_blocked());

@@ -255,6 +255,11 @@ fn a_second_throttling_period_reports_only_its_own_throttles() {
     assert_eq!(throttling.len(), 2, "{throttling:?}");
     assert!(throttling[0].contains("throttled=2"), "{}", throttling[0]);
     assert!(throttling[1].contains("throttled=1"), "{}", throttling[1]);
+    assert!(
+        throttling[1].contains(r#"most=[(1, "shardId-000000000000")]"#),
+        "the shard's throttles of this period: {}",
+        throttling[1]
+    );
 }
 
 #[test]

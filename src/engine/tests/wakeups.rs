@@ -194,10 +194,12 @@ fn published_shard_stats_carry_the_limiters_rate_factor() {
     h.advance(STATS_PERIOD);
     let _ = h.poll();
     let factor = h.engine.telemetry.stats.shards.lock().unwrap()[0].rate_factor;
+    let limiter = h.engine.shards.iter().next().unwrap().limiter.rate_factor();
     assert!(
-        factor < 0.95,
-        "sustained throttles lower the shard's rate: {factor}"
+        limiter < 0.95,
+        "sustained throttles lower the shard's rate: {limiter}"
     );
+    assert_eq!(factor, limiter, "published as the limiter has it");
 }
 
 #[test]
