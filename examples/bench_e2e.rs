@@ -20,7 +20,9 @@
 //!   --warmup S           seconds excluded from the utilization window [min(5, S/6)]
 //!   --aggregation on|off [on]
 //!   --record-size N      data bytes per record
-//!   --shards N           shards of the stream
+//!   --shards N           shards of the stream (of each stream)
+//!   --streams N          cpu: N streams of --shards shards each, one producer writing to all
+//!                        (records go round-robin, `UserRecord::to`) [1]
 //!   --keys N             distinct partition keys [10000]
 //!   --load X             offered load as a multiple of the stream's capacity
 //!   --tracked            use add() (futures dropped) instead of add_untracked()
@@ -54,6 +56,7 @@ struct Opts {
     aggregation: bool,
     record_size: usize,
     shards: u32,
+    streams: usize,
     keys: usize,
     load: Option<f64>,
     tracked: bool,
@@ -64,7 +67,7 @@ struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: bench_e2e <cpu|accuracy|shared|latency|overload> [--seconds S] [--warmup S] \
-         [--aggregation on|off] [--record-size N] [--shards N] [--keys N] [--load X] \
+         [--aggregation on|off] [--record-size N] [--shards N] [--streams N] [--keys N] [--load X] \
          [--tracked] [--endpoint URL] [--stream NAME]"
     );
     std::process::exit(2)
@@ -79,7 +82,7 @@ fn parse_args() -> Opts {
         match a.as_str() {
             "--tracked" => tracked = true,
             "--seconds" | "--warmup" | "--aggregation" | "--record-size" | "--shards"
-            | "--keys" | "--load" | "--endpoint" | "--stream" => {
+            | "--streams" | "--keys" | "--load" | "--endpoint" | "--stream" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 flags.insert(a.trim_start_matches("--").to_string(), v);
             }
@@ -109,6 +112,7 @@ fn parse_args() -> Opts {
         aggregation,
         record_size: num("record-size").map_or(record_size, |v| v as usize),
         shards: num("shards").map_or(shards, |v| v as u32),
+        streams: num("streams").map_or(1, |v| (v as usize).max(1)),
         keys: num("keys").map_or(10_000, |v| v as usize),
         load: num("load"),
         tracked,
@@ -266,13 +270,24 @@ fn start_env(o: &Opts, limits: bool) -> Env {
         ..SimConfig::default()
     };
     let sim = rt.block_on(Simulator::start(cfg)).expect("start simulator");
-    sim.create_stream(&o.stream, o.shards)
-        .expect("create stream");
+    for name in stream_names(o) {
+        sim.create_stream(&name, o.shards).expect("create stream");
+    }
     let endpoint = sim.endpoint_url();
     Env {
         sim: Some((sim, rt)),
         endpoint,
     }
+}
+
+/// The streams of a run: `--stream`, then `<stream>-1` … for `--streams N`.
+fn stream_names(o: &Opts) -> Vec<String> {
+    (0..o.streams)
+        .map(|i| match i {
+            0 => o.stream.clone(),
+            i => format!("{}-{i}", o.stream),
+        })
+        .collect()
 }
 
 impl Env {
@@ -320,6 +335,8 @@ fn deltas(a: &StreamCounters, b: &StreamCounters) -> Vec<(f64, f64, f64)> {
 struct Load {
     keys: Arc<Vec<String>>,
     data: Bytes,
+    /// Where records go, round-robin: `None` is the producer's own stream.
+    streams: Arc<Vec<Option<Arc<str>>>>,
 }
 
 impl Load {
@@ -327,6 +344,13 @@ impl Load {
         Load {
             keys: Arc::new((0..o.keys).map(|i| format!("key-{i:05}")).collect()),
             data: Bytes::from(vec![0x5Au8; o.record_size]),
+            streams: Arc::new(
+                stream_names(o)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, name)| (i > 0).then(|| name.into()))
+                    .collect(),
+            ),
         }
     }
 
@@ -347,10 +371,12 @@ type Latencies = Arc<Mutex<Vec<(Instant, f64)>>>;
 
 /// Adds records until `until` at `rate` records/s (`None`: as fast as possible). Returns the
 /// number of records added. With `latencies`, every record's future is awaited in its own task.
+#[allow(clippy::too_many_arguments)]
 async fn feed(
     producer: Producer,
     keys: Arc<Vec<String>>,
     data: Bytes,
+    streams: Arc<Vec<Option<Arc<str>>>>,
     rate: Option<f64>,
     until: Instant,
     tracked: bool,
@@ -377,7 +403,10 @@ async fn feed(
         }
         let burst = (target - sent).min(4096);
         for _ in 0..burst {
-            let record = UserRecord::new(keys[k].clone(), data.clone());
+            let mut record = UserRecord::new(keys[k].clone(), data.clone());
+            if let Some(stream) = &streams[sent as usize % streams.len()] {
+                record = record.to(stream.clone());
+            }
             k += stride;
             if k >= n {
                 k -= n;
@@ -473,6 +502,7 @@ impl Run {
                     p.clone(),
                     self.load.keys.clone(),
                     self.load.data.clone(),
+                    self.load.streams.clone(),
                     rate,
                     until,
                     o.tracked,
@@ -687,7 +717,7 @@ fn scenario_cpu(o: &Opts) {
     let floor = floor_us_per_record(&run.load, floor_n, o.aggregation, per_aggregate);
     println!(
         "{{\"scenario\":\"cpu\",\"aggregation\":{},\"tracked\":{},\"external_endpoint\":{},\
-         \"shards\":{},\"record_size\":{},\"keys\":{},\"seconds\":{},\"records_added\":{sent},\
+         \"streams\":{},\"shards\":{},\"record_size\":{},\"keys\":{},\"seconds\":{},\"records_added\":{sent},\
          \"records_put\":{put},\"records_failed\":{failed},\"kinesis_records\":{krecords},\
          \"requests\":{requests},\"throttles\":{throttles},\"user_records_per_sec\":{},\
          \"cpu_s_per_million_process\":{},\"cpu_s_per_million_producer\":{},\
@@ -697,6 +727,7 @@ fn scenario_cpu(o: &Opts) {
         o.aggregation,
         o.tracked,
         o.endpoint.is_some(),
+        o.streams,
         o.shards,
         o.record_size,
         o.keys,

@@ -86,6 +86,7 @@ impl Source {
                 key_field: args.key_field.clone(),
                 require_key: args.require_key,
                 ehk_field: args.ehk_field.clone(),
+                stream_field: args.stream_field.clone(),
                 unkeyed: false,
             },
         })
@@ -134,6 +135,8 @@ pub struct LineParser {
     pub require_key: bool,
     /// NDJSON: the field that holds the explicit hash key.
     pub ehk_field: Option<String>,
+    /// NDJSON: the field that names the record's stream (absent: the producer's).
+    pub stream_field: Option<String>,
     /// A record without a key gets none (the stream's distribution is `AUTO`), not a random one.
     pub unkeyed: bool,
 }
@@ -168,6 +171,7 @@ impl LineParser {
     pub fn parse(&self, line: &[u8], rng: &mut impl RngCore) -> Result<UserRecord, String> {
         let mut key = self.key.clone();
         let mut ehk = None;
+        let mut stream = None;
         if self.format == Format::Ndjson {
             let value: serde_json::Value =
                 serde_json::from_slice(line).map_err(|e| format!("invalid JSON: {e}"))?;
@@ -183,17 +187,23 @@ impl LineParser {
             if let Some(name) = &self.ehk_field {
                 ehk = field(&value, name).map(|v| scalar(v, name)).transpose()?;
             }
+            if let Some(name) = &self.stream_field {
+                stream = field(&value, name).map(|v| scalar(v, name)).transpose()?;
+            }
         }
         let key = match key {
             Some(key) => key,
             None if self.unkeyed => String::new(),
             None => random_key(rng),
         };
-        let record = UserRecord::new(key, Bytes::copy_from_slice(line));
-        Ok(match ehk {
-            Some(h) => record.with_explicit_hash_key(h),
-            None => record,
-        })
+        let mut record = UserRecord::new(key, Bytes::copy_from_slice(line));
+        if let Some(h) = ehk {
+            record = record.with_explicit_hash_key(h);
+        }
+        if let Some(s) = stream.filter(|s| !s.is_empty()) {
+            record = record.to(s);
+        }
+        Ok(record)
     }
 }
 
@@ -257,6 +267,7 @@ mod tests {
             key: None,
             key_field: None,
             unkeyed: false,
+            stream_field: None,
             require_key: false,
             ehk_field: None,
         }

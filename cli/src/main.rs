@@ -95,6 +95,10 @@ pub struct InputArgs {
     /// NDJSON: take the explicit hash key (decimal, 0 to 2^128-1) from this field.
     #[arg(long, value_name = "NAME")]
     pub ehk_field: Option<String>,
+    /// NDJSON: send each line to the stream (name or ARN) this field names; a line without it
+    /// goes to --stream. One producer serves them all; the report has a row per stream.
+    #[arg(long, value_name = "NAME")]
+    pub stream_field: Option<String>,
     /// Generate N synthetic records instead of reading input.
     #[arg(long, value_name = "N")]
     pub generate: Option<u64>,
@@ -209,6 +213,10 @@ pub struct SimArgs {
     /// benchmark).
     #[arg(long)]
     pub no_limits: bool,
+    /// Another stream to create in the simulator, with the same shards (repeatable; for
+    /// --stream-field).
+    #[arg(long, value_name = "NAME")]
+    pub extra_stream: Vec<String>,
     /// Per-record probability of an InternalFailure.
     #[arg(long, value_name = "P", value_parser = rate)]
     pub internal_failure_rate: Option<f64>,
@@ -322,9 +330,11 @@ fn main() -> ExitCode {
         }
     }
     if args.input.format == Format::Lines
-        && (args.input.key_field.is_some() || args.input.ehk_field.is_some())
+        && (args.input.key_field.is_some()
+            || args.input.ehk_field.is_some()
+            || args.input.stream_field.is_some())
     {
-        eprintln!("error: --key-field and --ehk-field need --format ndjson");
+        eprintln!("error: --key-field, --ehk-field and --stream-field need --format ndjson");
         return ExitCode::from(EXIT_USAGE);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

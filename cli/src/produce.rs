@@ -9,12 +9,13 @@
 use crate::input::{Item, Source};
 use crate::report::{
     thousands, Example, FailureGroup, Histogram, Latency, Report, SettingsSeen, ShardReport,
+    StreamReport,
 };
 use crate::{target, OnOff, OrderingArg, ProduceArgs};
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use kinesis_producer::{AddError, BuildError, Ordering, PendingRecord, Producer, RecordError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -25,6 +26,8 @@ const MAX_INVALID_ECHOED: u64 = 1000;
 /// An accepted record on its way to the tracker.
 struct Tracked {
     line: u64,
+    /// The stream it was sent to (`None`: the producer's).
+    stream: Option<Arc<str>>,
     size: usize,
     added: Instant,
     pending: PendingRecord,
@@ -38,6 +41,8 @@ struct Outcomes {
     bytes_put: u64,
     latency: Histogram,
     failures: BTreeMap<String, FailureGroup>,
+    /// (put, failed, bytes put) by stream (`None`: the producer's own).
+    by_stream: HashMap<Option<Arc<str>>, (u64, u64, u64)>,
 }
 
 /// The report's name for a failure.
@@ -48,6 +53,34 @@ fn failure_code(e: &RecordError) -> String {
         RecordError::ShutDown { .. } => "ProducerShutDown".into(),
         _ => "Other".into(),
     }
+}
+
+/// One row per stream the records went to: outcomes as the tracker saw them, Kinesis
+/// counters from the producer (for streams it still serves).
+fn stream_rows(
+    producer: &Producer,
+    own: &str,
+    by_stream: HashMap<Option<Arc<str>>, (u64, u64, u64)>,
+) -> Vec<StreamReport> {
+    let mut rows: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for (stream, (put, failed, bytes)) in by_stream {
+        let name = stream.map_or_else(|| own.to_string(), |s| s.to_string());
+        let row = rows.entry(name).or_default();
+        *row = (row.0 + put, row.1 + failed, row.2 + bytes);
+    }
+    rows.into_iter()
+        .map(|(stream, (records_put, records_failed, bytes_put))| {
+            let stats = producer.stream_stats(&stream);
+            StreamReport {
+                kinesis_records_put: stats.as_ref().map(|s| s.kinesis_records_put),
+                throttles: stats.as_ref().map(|s| s.throttles),
+                stream,
+                records_put,
+                records_failed,
+                bytes_put,
+            }
+        })
+        .collect()
 }
 
 /// Resolves pending records as they finish, until the feeder is done and nothing is pending.
@@ -65,6 +98,14 @@ async fn track(
             Some((t, result)) = pending.next(), if !pending.is_empty() => {
                 let t: Tracked = t;
                 progress.inc(1);
+                let row = out.by_stream.entry(t.stream.clone()).or_default();
+                match &result {
+                    Ok(_) => {
+                        row.0 += 1;
+                        row.2 += t.size as u64;
+                    }
+                    Err(_) => row.1 += 1,
+                }
                 match result {
                     Ok(_) => {
                         out.put += 1;
@@ -275,12 +316,14 @@ pub async fn run(args: ProduceArgs) -> Result<Report, String> {
         match item {
             Item::Record { line, record } => {
                 let size = record.size();
+                let stream = record.stream.clone();
                 let added = Instant::now();
                 match producer.add(record).await {
                     Ok(pending) => {
                         report.records_added += 1;
                         let _ = tracked_tx.send(Tracked {
                             line,
+                            stream,
                             size,
                             added,
                             pending,
@@ -351,6 +394,7 @@ pub async fn run(args: ProduceArgs) -> Result<Report, String> {
     shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
     report.shards = shards;
     report.failures = outcomes.failures;
+    report.streams = stream_rows(&producer, &report.stream, outcomes.by_stream);
     report.success = !report.interrupted
         && report.read_error.is_none()
         && report.invalid_lines == 0

@@ -116,6 +116,23 @@ pub struct ShardReport {
     pub rate_factor: f64,
 }
 
+/// One stream's share of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamReport {
+    /// The stream's name or ARN.
+    pub stream: String,
+    /// Records stored in it.
+    pub records_put: u64,
+    /// Records for it that finally failed.
+    pub records_failed: u64,
+    /// User bytes stored in it.
+    pub bytes_put: u64,
+    /// Kinesis records stored in it (`null` if the producer no longer served it at the end).
+    pub kinesis_records_put: Option<u64>,
+    /// Kinesis records the service throttled in it (likewise).
+    pub throttles: Option<u64>,
+}
+
 /// A line or record and what went wrong with it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Example {
@@ -240,8 +257,10 @@ pub struct Report {
     pub shard_map_refreshes: u64,
     /// Latency from `add` to acknowledgement of the records put.
     pub latency: Latency,
-    /// Per-shard counters and utilization of the shard limits.
+    /// Per-shard counters and utilization of the shard limits (the producer's own stream).
     pub shards: Vec<ShardReport>,
+    /// One row per stream records went to (with --stream-field, several).
+    pub streams: Vec<StreamReport>,
     /// Failed records by error code.
     pub failures: BTreeMap<String, FailureGroup>,
     /// The first invalid lines.
@@ -361,6 +380,19 @@ impl Report {
                     thousands(s.kinesis_records_put),
                     bytes(s.bytes_put),
                     thousands(s.throttles)
+                );
+            }
+        }
+        if self.streams.len() > 1 {
+            let _ = writeln!(o, "  streams");
+            for s in &self.streams {
+                let _ = writeln!(
+                    o,
+                    "    {:<22} {:>10} put  {:>10}  {:>8} failed",
+                    s.stream,
+                    thousands(s.records_put),
+                    bytes(s.bytes_put),
+                    thousands(s.records_failed)
                 );
             }
         }

@@ -128,8 +128,10 @@ async fn embedded(target: &TargetArgs, args: &SimArgs) -> Result<Target, String>
         options.mode = kinesis_sim::StreamMode::OnDemand;
         options.distribution = kinesis_sim::RecordDistribution::Auto;
     }
-    sim.create_stream_with(&stream, options)
-        .map_err(|e| format!("cannot create stream {stream:?} in kinesis-sim: {e}"))?;
+    for name in std::iter::once(&stream).chain(&args.extra_stream) {
+        sim.create_stream_with(name, options.clone())
+            .map_err(|e| format!("cannot create stream {name:?} in kinesis-sim: {e}"))?;
+    }
     let ms = Duration::from_millis;
     let faults = Faults {
         internal_failure_rate: args.internal_failure_rate.unwrap_or(0.0),

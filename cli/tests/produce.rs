@@ -121,6 +121,67 @@ fn ndjson_from_stdin_with_key_field() {
 }
 
 #[test]
+fn ndjson_lines_go_to_the_stream_they_name() {
+    let mut input = String::new();
+    let mut expected = std::collections::BTreeMap::new();
+    for i in 0..120 {
+        let to = ["east", "west", "", "missing"][i % 4];
+        let name = if to.is_empty() { "kpl-demo" } else { to };
+        *expected.entry(name).or_insert(0u64) += 1;
+        if to.is_empty() {
+            input.push_str(&format!("{{\"k\":\"u{i}\"}}\n"));
+        } else {
+            input.push_str(&format!("{{\"k\":\"u{i}\",\"to\":\"{to}\"}}\n"));
+        }
+    }
+    let lines_only = kpl()
+        .args(["produce", "--stream-field", "to"])
+        .write_stdin("x\n")
+        .output()
+        .unwrap();
+    assert_eq!(
+        lines_only.status.code(),
+        Some(2),
+        "--stream-field needs NDJSON"
+    );
+    let (code, report, stderr) = run_json(
+        kpl()
+            .args(["produce", "--format", "ndjson", "--key-field", "k"])
+            .args(["--stream-field", "to", "--extra-stream", "east"])
+            .args(["--extra-stream", "west", "--shards", "2"])
+            .write_stdin(input),
+    );
+    assert_eq!(code, 1, "the missing stream's records fail: {stderr}");
+    assert_eq!(report["success"], false);
+    let rows: std::collections::BTreeMap<String, (u64, u64)> = report["streams"]
+        .as_array()
+        .expect("streams")
+        .iter()
+        .map(|r| {
+            let name = r["stream"].as_str().unwrap().to_string();
+            (name, (n(r, "records_put"), n(r, "records_failed")))
+        })
+        .collect();
+    let want: std::collections::BTreeMap<String, (u64, u64)> = expected
+        .iter()
+        .map(|(name, count)| {
+            let row = if *name == "missing" {
+                (0, *count)
+            } else {
+                (*count, 0)
+            };
+            (name.to_string(), row)
+        })
+        .collect();
+    assert_eq!(rows, want, "one row per stream: {report}");
+    assert_eq!(
+        report["failures"]["ResourceNotFoundException"]["count"], expected["missing"],
+        "{report}"
+    );
+    assert_eq!(n(&report, "records_put"), 90);
+}
+
+#[test]
 fn generated_load() {
     let (code, report, stderr) = run_json(kpl().args([
         "produce",
