@@ -1,6 +1,7 @@
 //! The library's `tracing` events, captured by a subscriber installed here (the library installs
 //! none): start, shard map changes, settings changes, throttling (at most once per stats period,
-//! never per record), endpoint back-off entered and left, expiries.
+//! never per record), endpoint back-off entered and left, expiries, streams discovered, released
+//! or unusable.
 
 mod support;
 
@@ -80,6 +81,7 @@ async fn events_for_what_operators_watch_and_none_per_record() {
         .rate_limiting(false)
         .record_ttl(Duration::from_secs(2))
         .stream_settings_refresh_interval(Duration::from_millis(200))
+        .stream_idle_timeout(Duration::from_millis(300))
         .build(&support::reader::sdk_config(&sim.endpoint_url()).await)
         .await
         .expect("build");
@@ -187,6 +189,42 @@ async fn events_for_what_operators_watch_and_none_per_record() {
     assert!(
         settings[0].fields.contains("record_size_limit=2097152"),
         "{settings:?}"
+    );
+
+    // Another stream: discovered on its first record, released when idle; a missing one
+    // cannot be used.
+    sim.create_stream("second", 3).unwrap();
+    p.add(UserRecord::new("k", "x").to("second"))
+        .await
+        .unwrap()
+        .await
+        .expect("stored in the second stream");
+    let discovered = capture.matching("stream discovered");
+    assert_eq!(discovered.len(), 1, "{discovered:?}");
+    assert!(
+        discovered[0].fields.contains("stream=\"second\"")
+            && discovered[0].fields.contains("shards=3"),
+        "{discovered:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while capture.matching("idle stream released").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the idle stream was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(capture.matching("idle stream released")[0]
+        .fields
+        .contains("stream=\"second\""));
+    let missing = p.add(UserRecord::new("k", "x").to("absent")).await.unwrap();
+    assert!(missing.await.is_err());
+    let unusable = capture.matching("stream cannot be used");
+    assert_eq!(unusable.len(), 1, "{unusable:?}");
+    assert_eq!(unusable[0].level, tracing::Level::WARN);
+    assert!(
+        unusable[0].fields.contains("ResourceNotFoundException"),
+        "{unusable:?}"
     );
 
     // Nothing per record: thousands of records, a few dozen events.

@@ -197,6 +197,9 @@ impl Engine {
     fn discovery_failed(&mut self, e: ClientError, now: Instant) {
         let code: Arc<str> = e.code_or_kind();
         self.telemetry.error(&code);
+        if self.discovery.as_ref().is_some_and(|d| d.failed.is_some()) {
+            return; // the other read failed too: said already
+        }
         self.telemetry.discovery_failed(&code, &e.message);
         let d = self.discovery.as_mut().expect("discovering");
         d.failed = Some((code, e.message.clone(), now + RETRY_AFTER));

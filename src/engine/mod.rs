@@ -326,12 +326,10 @@ impl Engine {
         self.shards.mark_all_held();
     }
 
-    /// Whether it holds nothing and waits for no read: its state may be released.
+    /// Whether it holds no record and has no request in flight: its state may be released
+    /// (the answer of a read still under way is then dropped).
     pub fn is_idle(&self) -> bool {
-        self.ledger.held() == 0
-            && self.in_flight.is_empty()
-            && self.refresh.next_due().is_some()
-            && self.settings_schedule.next_due().is_some()
+        self.ledger.held() == 0 && self.in_flight.is_empty()
     }
 
     /// Whether it has something to send and waits for room under the in-flight limit, which

@@ -209,7 +209,7 @@ impl Telemetry {
         tracing::warn!(
             stream = &*self.stream,
             code,
-            message,
+            error = message,
             "stream cannot be used: its records fail"
         );
     }
