@@ -10,6 +10,8 @@ pub const DEFAULT_AGGREGATION: bool = true;
 pub const DEFAULT_AGGREGATION_MAX_SIZE: usize = 51_200;
 /// Default most user records in one aggregate.
 pub const DEFAULT_AGGREGATION_MAX_COUNT: usize = 4_294_967_295;
+/// Default: any records of one shard share an aggregate.
+pub const DEFAULT_AGGREGATION_SCOPE: AggregationScope = AggregationScope::Shard;
 /// Records per PutRecords request (the API limit).
 pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = MAX_RECORDS_PER_REQUEST;
 /// Request byte limit (data + partition keys) on a stream whose records are at most 1 MiB, when
@@ -90,6 +92,34 @@ pub enum Ordering {
     PerShard,
 }
 
+/// Which user records one aggregate may hold.
+///
+/// Kinesis routes an aggregate by its outer record's partition key (or explicit hash key), and
+/// a consumer that does not deaggregate (a Lambda that routes by `PartitionKey`, a Firehose
+/// delivery stream, an analytics job) sees only that outer key. Shard-wide aggregates pack
+/// records of many keys behind the first one's key; same-key aggregates keep the outer key true
+/// for every record inside, at the cost of smaller aggregates when a shard carries many keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AggregationScope {
+    /// Any records of one predicted shard share an aggregate (the KPL's behaviour): the fewest
+    /// Kinesis records. The outer partition key is the first record's, and the outer explicit
+    /// hash key is the first record's hash key, so the aggregate lands on the predicted shard.
+    #[default]
+    Shard,
+    /// An aggregate holds only records with one partition key (and one hash key: records of a
+    /// key that carry different explicit hash keys go in separate aggregates), and its outer
+    /// record carries that partition key, and the records' explicit hash key only if they carry
+    /// one, like a plain record of that key. Records of other keys keep their order in the
+    /// shard's queue.
+    ///
+    /// An aggregate gathers the records of its key from a bounded look-ahead of the shard's queue
+    /// (see `engine/shard_state.rs`): records of a key that arrive far apart among many other
+    /// keys go in separate, smaller aggregates. With many keys per shard each Kinesis record
+    /// holds few user records, so the per-shard limit of 1,000 records/s binds sooner; under
+    /// [`Ordering::PerShard`] a shard sends one aggregate, so one key, per round trip.
+    PartitionKey,
+}
+
 /// Which labels metrics carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum MetricsGranularity {
@@ -113,6 +143,9 @@ pub struct ProducerConfig {
     pub aggregation_max_size: usize,
     /// Most user records per aggregate.
     pub aggregation_max_count: usize,
+    /// Which records share an aggregate: any of one shard (default), or only those of one
+    /// partition key, whose outer record then carries that key.
+    pub aggregation_scope: AggregationScope,
     /// Most Kinesis records per request (1..=500).
     pub max_records_per_request: usize,
     /// Most bytes (data + partition keys) per request (up to 10 MiB). `None` follows the
@@ -165,6 +198,7 @@ impl Default for ProducerConfig {
             aggregation: DEFAULT_AGGREGATION,
             aggregation_max_size: DEFAULT_AGGREGATION_MAX_SIZE,
             aggregation_max_count: DEFAULT_AGGREGATION_MAX_COUNT,
+            aggregation_scope: DEFAULT_AGGREGATION_SCOPE,
             max_records_per_request: DEFAULT_MAX_RECORDS_PER_REQUEST,
             max_request_bytes: None,
             max_buffered_time: DEFAULT_MAX_BUFFERED_TIME,

@@ -52,7 +52,7 @@ pub mod stats;
 pub mod stream_settings;
 
 pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
-pub use config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
+pub use config::{AggregationScope, MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 pub use dead_letter::DeadLetter;
 pub use error::{AddError, BuildError, ConfigError, RecordError, RecordLimitFrom, ValidationError};
 pub use hash_key::HashKey;

@@ -39,6 +39,11 @@
 //! it sets the outer hash key to the first sub-record's. The aggregator itself knows nothing of
 //! shards.
 //!
+//! Under [`crate::config::AggregationScope::PartitionKey`] the engine narrows this further: one
+//! aggregate holds records of one partition key (and one hash key), so the outer partition key,
+//! the first record's, is every sub-record's, and the outer record carries the records' explicit
+//! hash key only if they have one (the key's MD5 routes it to the same shard otherwise).
+//!
 //! # Why the protobuf is written by hand
 //!
 //! The engine must know the *exact* size an aggregate will have before it adds a record, on

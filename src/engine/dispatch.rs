@@ -135,7 +135,11 @@ impl Engine {
                         break;
                     }
                 }
-                st.sealed = Some(st.build_record(&mut self.aggregator, self.s.aggregation));
+                st.sealed = Some(st.build_record(
+                    &mut self.aggregator,
+                    self.s.aggregation,
+                    self.s.config.aggregation_scope,
+                ));
             }
             let size = st.sealed.as_ref().map_or(0, |r| r.size);
             if let Err(at) = st.limiter.try_acquire(size, now) {

@@ -1,12 +1,13 @@
 //! The state of one shard: its queue of user records (retries at the front, in order), the
 //! sealed Kinesis record waiting for its limiter, its token buckets, back-off and outstanding
-//! count, and how a Kinesis record is built from the queue (see `shard.rs` for the set of
-//! shards and how a poll finds those with work).
+//! count, and how a Kinesis record is built from the queue, shard-wide or one partition key per
+//! aggregate (see `shard.rs` for the set of shards and how a poll finds those with work).
 
 use super::entry::{Entry, KRecord};
 use super::ledger::Outstanding;
 use super::telemetry::ShardTelemetry;
 use crate::aggregation::{Aggregator, TryPush};
+use crate::config::AggregationScope;
 use crate::kinesis::PutRecordsEntry;
 use crate::limiter::ShardLimiter;
 use crate::retry::Backoff;
@@ -16,6 +17,13 @@ use std::time::{Duration, Instant};
 
 /// Queue capacity an empty shard may keep; a larger one is freed when the queue drains.
 pub(super) const IDLE_QUEUE_CAPACITY: usize = 64;
+
+/// Under [`AggregationScope::PartitionKey`], how many queued records of other keys an aggregate
+/// looks past, after the last record of its key, for the next one (see
+/// [`ShardState::take_same_key`]). 256: a key among up to a few hundred others active on one
+/// shard still finds its next record, and a scan that finds nothing costs a few hundred `u128`
+/// comparisons.
+pub(super) const SAME_KEY_LOOKAHEAD: usize = 256;
 
 pub(super) struct ShardState {
     pub info: ShardInfo,
@@ -70,6 +78,14 @@ impl ShardState {
     }
 
     /// Whether the queue holds a full aggregate's worth of records.
+    ///
+    /// Counted over the whole queue under either aggregation scope. Under
+    /// [`AggregationScope::PartitionKey`] a full queue does not mean a full aggregate for the
+    /// front record's key, but it does mean the shard has a backlog to send rather than wait on:
+    /// the drain then builds Kinesis records until the queue is no longer full, and the rest
+    /// linger as before, which still pays: records of a key that arrive during the linger join
+    /// its aggregate while they are within the look-ahead. (Counting per key would need a map
+    /// per shard updated on every record.)
     pub fn full(&self, max_size: usize, max_count: usize) -> bool {
         self.queued_bytes >= max_size || self.queue.len() >= max_count
     }
@@ -136,8 +152,15 @@ impl ShardState {
 
     /// Takes the next Kinesis record off the queue: an aggregate of as many queued records as
     /// fit, or a single record (sent raw: aggregation off, the record too large to share, only
-    /// one record at hand, or a record marked plain, which no aggregate takes).
-    pub fn build_record(&mut self, aggregator: &mut Aggregator, aggregation: bool) -> KRecord {
+    /// one record at hand, or a record marked plain, which no aggregate takes). Under
+    /// [`AggregationScope::PartitionKey`] the aggregate holds only records of the first one's
+    /// partition key (see [`ShardState::take_same_key`]).
+    pub fn build_record(
+        &mut self,
+        aggregator: &mut Aggregator,
+        aggregation: bool,
+        scope: AggregationScope,
+    ) -> KRecord {
         let first = self.pop_front().expect("caller checked the queue");
         let shard = self.info.id.clone();
         if !aggregation || first.plain || self.queue.is_empty() {
@@ -149,27 +172,45 @@ impl ShardState {
         {
             return KRecord::single(shard, self.uid, first);
         }
-        let mut entries = vec![first];
-        while let Some(next) = self.queue.front().filter(|e| !e.plain) {
-            let r = &next.record;
-            match aggregator.try_push(&r.partition_key, r.explicit_hash_key.as_deref(), &r.data) {
-                TryPush::Added => entries.push(self.pop_front().expect("front exists")),
-                TryPush::NoCapacity => break,
+        let mut entries = match scope {
+            AggregationScope::Shard => {
+                let mut entries = vec![first];
+                while let Some(next) = self.queue.front().filter(|e| !e.plain) {
+                    let r = &next.record;
+                    let (key, ehk) = (&r.partition_key, r.explicit_hash_key.as_deref());
+                    match aggregator.try_push(key, ehk, &r.data) {
+                        TryPush::Added => entries.push(self.pop_front().expect("front exists")),
+                        TryPush::NoCapacity => break,
+                    }
+                }
+                entries
             }
-        }
+            AggregationScope::PartitionKey => {
+                let mut entries = self.take_same_key(aggregator, &first);
+                entries.insert(0, first);
+                entries
+            }
+        };
         let aggregate = aggregator.finish().expect("aggregate holds records");
         if entries.len() == 1 {
             return KRecord::single(shard, self.uid, entries.pop().expect("one entry"));
         }
+        let explicit_hash_key = match scope {
+            // The first sub-record's hash key: inside the predicted shard's range, so the
+            // aggregate lands on the shard all its sub-records were predicted for.
+            AggregationScope::Shard => Some(entries[0].hash_key.to_string()),
+            // Every sub-record has the first one's hash key, which the outer record carries as
+            // the user gave it: its explicit hash key, or none (the partition key's MD5 is the
+            // hash key), as a plain record of that key would.
+            AggregationScope::PartitionKey => entries[0].record.explicit_hash_key.clone(),
+        };
         let oldest = entries.iter().map(|e| e.arrival).min().expect("entries");
         KRecord {
             shard,
             origin: self.uid,
             size: aggregate.data.len() + aggregate.partition_key.len(),
-            // The outer hash key is the first sub-record's: inside the predicted shard's
-            // range, so the aggregate lands on the shard all its sub-records were predicted for.
             wire: PutRecordsEntry {
-                explicit_hash_key: Some(entries[0].hash_key.to_string()),
+                explicit_hash_key,
                 data: aggregate.data,
                 partition_key: aggregate.partition_key,
             },
@@ -177,5 +218,71 @@ impl ShardState {
             aggregated: true,
             oldest,
         }
+    }
+
+    /// Pushes the queued records that share `first`'s partition key and hash key into
+    /// `aggregator` (which holds `first`) while they fit, and takes them off the queue, in
+    /// order; the records passed over keep their order at the front of the queue.
+    ///
+    /// **Bounded work.** The scan looks at most [`SAME_KEY_LOOKAHEAD`] records past the last
+    /// one it took (or past `first`), so an aggregate of `n` records costs at most
+    /// `(n + 1) × SAME_KEY_LOOKAHEAD` comparisons (a `u128` hash key first, the partition key
+    /// only when the hash keys are equal) and as many moves, whatever the queue's length: a
+    /// constant per record that leaves the queue. A key whose records keep coming within the
+    /// look-ahead of each other is followed through a long queue; one whose records are spread
+    /// thinner among other keys gets several smaller aggregates. (An index of each queue by key
+    /// would find them all, but costs a map update per record on the hot path and holes in the
+    /// queue for the records taken out of its middle; the look-ahead keeps the queue a plain
+    /// deque.)
+    ///
+    /// **Order.** The scan stops at a record of the same hash key that it may not take (another
+    /// partition key with the same explicit hash key, or a record marked plain): records of one
+    /// hash key are never reordered, as [`crate::config::Ordering::PerShard`] needs. The records
+    /// passed over have other hash keys; they only wait for a later Kinesis record.
+    fn take_same_key(&mut self, aggregator: &mut Aggregator, first: &Entry) -> Vec<Entry> {
+        let (key, hash) = (&first.record.partition_key, first.hash_key);
+        let same = |e: &Entry| !e.plain && e.hash_key == hash && e.record.partition_key == *key;
+        let mut last = None;
+        let mut passed = 0;
+        for (i, e) in self.queue.iter().enumerate() {
+            if passed >= SAME_KEY_LOOKAHEAD {
+                break;
+            }
+            if e.hash_key != hash {
+                passed += 1;
+                continue;
+            }
+            if !same(e) {
+                break;
+            }
+            let ehk = e.record.explicit_hash_key.as_deref();
+            match aggregator.try_push(key, ehk, &e.record.data) {
+                TryPush::Added => (last, passed) = (Some(i), 0),
+                TryPush::NoCapacity => break,
+            }
+        }
+        let Some(last) = last else {
+            return Vec::new();
+        };
+        // Every record of the key up to `last` was pushed (the scan stops at the first one it
+        // cannot take). Take them out; rotate the others, in order, back to the front. A pop
+        // frees the slot the push then uses: nothing is reallocated.
+        let mut taken = Vec::new();
+        let mut kept = 0;
+        for _ in 0..=last {
+            let e = self.queue.pop_front().expect("scanned");
+            if same(&e) {
+                self.queued_bytes -= e.size();
+                taken.push(e);
+            } else {
+                self.queue.push_back(e);
+                kept += 1;
+            }
+        }
+        self.queue.rotate_right(kept);
+        if self.queue.is_empty() {
+            self.opened = None;
+        }
+        taken
     }
 }

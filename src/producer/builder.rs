@@ -5,7 +5,7 @@ use super::driver::{with_timeout, Driver, Shared};
 use super::streams::{Registry, StreamEntry};
 use super::{FailureCallback, Inner, Producer};
 use crate::buffer::BufferGauge;
-use crate::config::{MetricsGranularity, Ordering, ProducerConfig, StreamRef};
+use crate::config::{AggregationScope, MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 use crate::dead_letter::DeadLetterSender;
 use crate::engine::{Engine, EngineSettings};
 use crate::error::{BuildError, RecordError, RecordLimitFrom};
@@ -74,6 +74,10 @@ impl ProducerBuilder {
         aggregation_max_size: usize;
         /// Most user records per aggregate.
         aggregation_max_count: usize;
+        /// Which records share an aggregate (default [`AggregationScope::Shard`]);
+        /// [`AggregationScope::PartitionKey`]: only records of one partition key, whose outer
+        /// record carries that key.
+        aggregation_scope: AggregationScope;
         /// Most Kinesis records per PutRecords request (1..=500).
         max_records_per_request: usize;
         /// Longest a record waits to be batched (default 100 ms).

@@ -203,6 +203,7 @@ mod discovery;
 mod failures;
 mod ordering;
 mod request_errors;
+mod same_key;
 mod scheduling;
 mod settings;
 mod telemetry;
