@@ -151,6 +151,10 @@ pub struct ProducerArgs {
     /// KPL aggregation of user records into Kinesis records.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     pub aggregation: OnOff,
+    /// Which user records share an aggregate: any of one shard, or only those of one partition
+    /// key (the Kinesis record then carries that key, for consumers that route by it).
+    #[arg(long, value_enum, default_value_t = ScopeArg::Shard)]
+    pub aggregation_scope: ScopeArg,
     /// Ordering guarantee for records of the same partition key.
     #[arg(long, value_enum, default_value_t = OrderingArg::None)]
     pub ordering: OrderingArg,
@@ -182,6 +186,25 @@ pub enum OnOff {
     On,
     /// Disabled.
     Off,
+}
+
+/// `--aggregation-scope` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeArg {
+    /// Any records of one shard share an aggregate (fewest Kinesis records).
+    Shard,
+    /// An aggregate holds records of one partition key, which its Kinesis record carries.
+    PartitionKey,
+}
+
+impl ScopeArg {
+    /// The value as written on the command line (and in the report).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeArg::Shard => "shard",
+            ScopeArg::PartitionKey => "partition-key",
+        }
+    }
 }
 
 /// `--ordering` values.

@@ -11,10 +11,12 @@ use crate::report::{
     thousands, Example, FailureGroup, Histogram, Latency, Report, SettingsSeen, ShardReport,
     StreamReport,
 };
-use crate::{target, OnOff, OrderingArg, ProduceArgs};
+use crate::{target, OnOff, OrderingArg, ProduceArgs, ScopeArg};
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
-use kinesis_producer::{AddError, BuildError, Ordering, PendingRecord, Producer, RecordError};
+use kinesis_producer::{
+    AddError, AggregationScope, BuildError, Ordering, PendingRecord, Producer, RecordError,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -174,6 +176,10 @@ async fn build_producer(args: &ProduceArgs, target: &target::Target) -> Result<P
     };
     b = b
         .aggregation(p.aggregation == OnOff::On)
+        .aggregation_scope(match p.aggregation_scope {
+            ScopeArg::Shard => AggregationScope::Shard,
+            ScopeArg::PartitionKey => AggregationScope::PartitionKey,
+        })
         .ordering(match p.ordering {
             OrderingArg::None => Ordering::None,
             OrderingArg::PerShard => Ordering::PerShard,
@@ -279,6 +285,7 @@ pub async fn run(args: ProduceArgs) -> Result<Report, String> {
         stream: target.stream.clone(),
         target: target.description.clone(),
         aggregation: args.producer.aggregation == OnOff::On,
+        aggregation_scope: args.producer.aggregation_scope.as_str(),
         stream_settings: settings_at_start,
         ..Report::default()
     };

@@ -219,6 +219,8 @@ pub struct Report {
     pub target: String,
     /// Whether aggregation was on.
     pub aggregation: bool,
+    /// Which records shared an aggregate: `shard` or `partition-key` (`--aggregation-scope`).
+    pub aggregation_scope: &'static str,
     /// The record size limit in force at the end (data + partition key), from the stream.
     pub record_size_limit: usize,
     /// The stream's settings when the run started.
@@ -346,7 +348,11 @@ impl Report {
             thousands(self.kinesis_records_put),
             bytes(self.kinesis_bytes_put),
             thousands(self.requests),
-            if self.aggregation { "on" } else { "off" }
+            match (self.aggregation, self.aggregation_scope) {
+                (false, _) => "off",
+                (true, "partition-key") => "on (one partition key per aggregate)",
+                (true, _) => "on",
+            }
         );
         let _ = writeln!(o, "  stream settings   {}", self.stream_settings.line());
         for c in &self.settings_changes {

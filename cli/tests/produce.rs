@@ -223,6 +223,56 @@ fn generated_load() {
 }
 
 #[test]
+fn aggregation_scope_partition_key_gives_one_aggregate_per_key() {
+    // Keys a, b, c interleaved on one shard; a long linger, so every record is queued before
+    // the end of input flushes them: one aggregate in all, or one per key.
+    let mut input = String::new();
+    for i in 0..60 {
+        input.push_str(&format!(
+            "{{\"k\":\"{}\",\"n\":{i}}}\n",
+            ["a", "b", "c"][i % 3]
+        ));
+    }
+    let run = |scope: &[&str]| {
+        run_json(
+            kpl()
+                .args(["produce", "--format", "ndjson", "--key-field", "k"])
+                .args(["--shards", "1", "--max-buffered-time-ms", "10000"])
+                .args(scope)
+                .write_stdin(input.clone()),
+        )
+    };
+    let (code, report, stderr) = run(&[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["aggregation_scope"], "shard", "the default");
+    assert_eq!(n(&report, "kinesis_records_put"), 1, "{report}");
+    let (code, report, stderr) = run(&["--aggregation-scope", "partition-key"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(report["aggregation_scope"], "partition-key");
+    assert_eq!(n(&report, "records_put"), 60);
+    assert_eq!(n(&report, "kinesis_records_put"), 3, "{report}");
+    assert_consistent(&report);
+
+    let out = kpl()
+        .args(["produce", "--format", "ndjson", "--key-field", "k"])
+        .args(["--shards", "1", "--aggregation-scope", "partition-key"])
+        .write_stdin(input.clone())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("aggregation on (one partition key per aggregate)"),
+        "{text}"
+    );
+    let out = kpl()
+        .args(["produce", "--generate", "1", "--aggregation-scope", "key"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "unknown scope: a usage error");
+}
+
+#[test]
 fn bad_lines_are_reported_counted_and_fail_the_exit_status() {
     let mut input = Vec::new();
     input.extend_from_slice(b"{\"k\":\"a\",\"v\":1}\n"); // 1 ok
