@@ -227,8 +227,8 @@ impl ShardState {
     /// **Bounded work.** The scan looks at most [`SAME_KEY_LOOKAHEAD`] records past the last
     /// one it took (or past `first`), so an aggregate of `n` records costs at most
     /// `(n + 1) × SAME_KEY_LOOKAHEAD` comparisons (a `u128` hash key first, the partition key
-    /// only when the hash keys are equal) and as many moves, whatever the queue's length: a
-    /// constant per record that leaves the queue. A key whose records keep coming within the
+    /// only when the hash keys are equal) and at most three moves per record scanned, whatever
+    /// the queue's length: a constant per record that leaves the queue. A key whose records keep coming within the
     /// look-ahead of each other is followed through a long queue; one whose records are spread
     /// thinner among other keys gets several smaller aggregates. (An index of each queue by key
     /// would find them all, but costs a map update per record on the hot path and holes in the
