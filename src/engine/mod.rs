@@ -20,8 +20,10 @@
 
 mod discovery;
 mod dispatch;
+mod engine_settings;
 mod entry;
 mod ledger;
+mod map;
 mod outcome;
 mod settings;
 mod shard;
@@ -30,31 +32,28 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use engine_settings::{aggregate_max, EngineSettings};
 pub(crate) use entry::{Entry, Reply};
 
 use crate::admission::Admission;
 use crate::aggregation::Aggregator;
 use crate::buffer::BufferGauge;
 use crate::collector::{Batch, Collector};
-use crate::config::{ProducerConfig, StreamRef};
 use crate::congestion::Concurrency;
 use crate::error::RecordError;
 use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry};
-use crate::limiter::ShardLimiter;
-use crate::limits::{SHARD_BYTES_PER_SEC, SHARD_RECORDS_PER_SEC};
 use crate::metrics::Metrics;
-use crate::producer::FailureCallback;
 use crate::record::Attempt;
 use crate::retry;
 use crate::shard_map::{RefreshSchedule, ShardInfo, ShardMap};
 use crate::stats::{ShardStats, SharedStats};
-use crate::stream_settings::{LiveSettings, RecordLimit, SettingsSchedule, StreamSettings};
+use crate::stream_settings::SettingsSchedule;
 use dispatch::EndpointBackoff;
 use entry::KRecord;
 use ledger::Ledger;
-use shard::{ShardState, Shards};
+use shard::Shards;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use telemetry::{Telemetry, STATS_PERIOD};
@@ -91,85 +90,6 @@ pub(crate) enum Action {
     RefreshShardMap,
     /// Call DescribeStreamSummary; feed the result to [`Engine::on_stream_settings`].
     ReadStreamSettings,
-}
-
-/// What the engine needs: the configuration, plus what was derived from it and the stream.
-#[derive(Clone)]
-pub(crate) struct EngineSettings {
-    pub config: ProducerConfig,
-    pub stream: StreamRef,
-    /// Aggregate: configured, and the stream's distribution is not `AUTO`.
-    pub aggregation: bool,
-    /// Records/s and bytes/s allowed per shard; `None`: unlimited.
-    pub shard_rate: Option<(f64, f64)>,
-    /// `false` when the stream's record distribution is `AUTO`.
-    pub predict: bool,
-    /// The record size limit in force (data + partition key).
-    pub record_limit: RecordLimit,
-    /// The request byte limit in force (data + partition keys).
-    pub request_bytes: usize,
-    /// Largest aggregate: `aggregation_max_size`, or under per-shard ordering (one Kinesis
-    /// record per shard per round trip) [`ORDERED_AGGREGATE_MAX`]: an aggregate then grows with
-    /// the round trip and carries a shard's rate.
-    pub aggregate_max: usize,
-    /// The stream's settings as last read.
-    pub stream_settings: StreamSettings,
-    /// Where the settings in force are published for `add` and `stats()`.
-    pub live: Arc<LiveSettings>,
-    pub on_failure: Option<FailureCallback>,
-    pub dead_letters: Option<crate::dead_letter::DeadLetterSender>,
-    /// Requests in flight, counted across every stream the producer serves: the in-flight
-    /// limit holds for all of them together.
-    pub requests: Arc<AtomicUsize>,
-}
-
-impl EngineSettings {
-    pub fn new(
-        config: &ProducerConfig,
-        stream: StreamRef,
-        stream_settings: StreamSettings,
-        live: Arc<LiveSettings>,
-    ) -> Self {
-        let pct = config.rate_limit_percent as f64 / 100.0;
-        let predict = !stream_settings.auto_distribution;
-        let request_bytes = config.request_bytes_for(stream_settings.stream_record_limit());
-        EngineSettings {
-            config: config.clone(),
-            stream,
-            // Under AUTO distribution records land anywhere, and KCL drops sub-records that
-            // hash outside their shard: aggregation would hide records from consumers.
-            aggregation: config.aggregation && predict,
-            shard_rate: config.rate_limiting.then_some((
-                SHARD_RECORDS_PER_SEC as f64 * pct,
-                SHARD_BYTES_PER_SEC as f64 * pct,
-            )),
-            predict,
-            record_limit: stream_settings.record_limit(request_bytes),
-            aggregate_max: aggregate_max(config, stream_settings.record_limit(request_bytes)),
-            request_bytes,
-            stream_settings,
-            live,
-            on_failure: None,
-            dead_letters: None,
-            requests: Arc::new(AtomicUsize::new(0)),
-        }
-    }
-}
-
-/// Largest aggregate under per-shard ordering: a quarter of a shard's bytes per second, so that
-/// one aggregate per round trip carries the shard's full rate up to a 250 ms round trip while
-/// several still fit in a second's budget (an aggregate the size of the whole budget is
-/// throttled whenever the service's accounting and the limiter's disagree by a little).
-pub(crate) const ORDERED_AGGREGATE_MAX: usize = SHARD_BYTES_PER_SEC as usize / 4;
-
-/// See [`EngineSettings::aggregate_max`].
-pub(crate) fn aggregate_max(config: &ProducerConfig, limit: RecordLimit) -> usize {
-    match config.ordering {
-        crate::config::Ordering::PerShard => config
-            .aggregation_max_size
-            .max(limit.bytes.min(ORDERED_AGGREGATE_MAX)),
-        crate::config::Ordering::None => config.aggregation_max_size,
-    }
 }
 
 /// The producer's synchronous core.
@@ -504,77 +424,6 @@ impl Engine {
             at(Some(self.admission.next_tick()));
         }
         t
-    }
-
-    /// Replaces the shard map. Shards that remain keep their state; records queued for shards
-    /// that are gone move to the shards that now hold their hash keys, in order.
-    fn install_map(&mut self, map: ShardMap, now: Instant) {
-        // Under AUTO one pseudo-shard carries the whole stream's rate.
-        let scale = if self.s.predict {
-            1.0
-        } else {
-            map.len().max(1) as f64
-        };
-        let (rate, predict, telemetry) = (self.s.shard_rate, self.s.predict, &self.telemetry);
-        let limiter = move || match rate {
-            Some((records, bytes)) => ShardLimiter::new(records * scale, bytes * scale, now),
-            None => ShardLimiter::unlimited(now),
-        };
-        let orphans = self.shards.install(
-            map,
-            |info| {
-                let t = telemetry.shard(&info.id);
-                ShardState::new(info, limiter(), t)
-            },
-            |st| {
-                if !predict {
-                    st.limiter = limiter();
-                }
-            },
-        );
-        for e in orphans {
-            self.shards.enqueue_back(e, now, |_| true);
-        }
-        self.update_capacity();
-    }
-
-    /// Tells admission what the stream can take: the limits of every open shard (of the whole
-    /// stream under AUTO, where one pseudo-shard carries them all). Aggregated, the record limit
-    /// applies to aggregates, not to user records. Ordered and plain, a shard sends one record
-    /// per round trip: as many records per second as round trips, none counted before the
-    /// first answer (admission then starts at its floor and follows the measured drain).
-    fn update_capacity(&mut self) {
-        let scale = if self.s.predict {
-            1.0
-        } else {
-            self.shards.map.len().max(1) as f64
-        };
-        let (rate, states) = (self.s.shard_rate, self.shards.len() as f64);
-        // Shards whose limits the stream's capacity adds up.
-        let stream = states * scale;
-        let ordered_plain =
-            self.s.config.ordering == crate::config::Ordering::PerShard && !self.s.aggregation;
-        let capacity = if ordered_plain {
-            let per_round_trip = self
-                .concurrency
-                .round_trip()
-                .map_or(0.0, |rtt| 1.0 / rtt.as_secs_f64().max(1e-3));
-            Some((
-                states * rate.map_or(per_round_trip, |(r, _)| r.min(per_round_trip)),
-                rate.map_or(f64::INFINITY, |(_, b)| b * stream),
-            ))
-        } else {
-            rate.map(|(records, bytes)| {
-                let records = if self.s.aggregation {
-                    f64::INFINITY
-                } else {
-                    records * stream
-                };
-                (records, bytes * stream)
-            })
-        };
-        self.admission.set_capacity(capacity);
-        self.ledger.set_cap(self.admission.cap());
     }
 
     fn publish_stats(&mut self, now: Instant) {

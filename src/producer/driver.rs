@@ -135,6 +135,10 @@ pub(super) struct Driver {
     actions: Vec<Action>,
     /// `shutdown()` was called, or every handle is gone.
     shutting_down: bool,
+    /// Flush and shutdown replies that wait for several streams' engines (checked after each
+    /// pass: the engines answer during their polls). Joined here, not in a task, so that they
+    /// are answered even when the runtime that ran the requests is gone.
+    joins: Vec<(Vec<oneshot::Receiver<()>>, oneshot::Sender<()>)>,
 }
 
 impl Driver {
@@ -160,6 +164,7 @@ impl Driver {
             events_tx,
             actions: Vec::new(),
             shutting_down: false,
+            joins: Vec::new(),
         };
         driver.add_slot(engine, stream);
         std::thread::Builder::new()
@@ -252,6 +257,9 @@ impl Driver {
         loop {
             let now = Instant::now();
             self.poll_due(now);
+            if !self.joins.is_empty() {
+                self.answer_joins();
+            }
             if self.shutting_down && self.slots.iter().flatten().all(|s| s.engine.is_finished()) {
                 break;
             }
@@ -405,25 +413,24 @@ impl Driver {
         }
     }
 
-    fn reply_when_all(&self, replies: Vec<oneshot::Receiver<()>>, reply: oneshot::Sender<()>) {
-        if replies.len() == 1 {
-            // The common case, one stream: no task.
-            let rx = replies.into_iter().next().expect("one");
-            self.shared.runtime.spawn(async move {
-                if rx.await.is_ok() {
-                    let _ = reply.send(());
-                }
-            });
-            return;
-        }
-        self.shared.runtime.spawn(async move {
-            for rx in replies {
-                if rx.await.is_err() {
-                    return;
-                }
+    fn reply_when_all(&mut self, replies: Vec<oneshot::Receiver<()>>, reply: oneshot::Sender<()>) {
+        self.joins.push((replies, reply));
+    }
+
+    /// Answers the flush and shutdown replies whose engines have all answered.
+    fn answer_joins(&mut self) {
+        let mut i = 0;
+        while i < self.joins.len() {
+            let replies = &mut self.joins[i].0;
+            replies
+                .retain_mut(|rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+            if replies.is_empty() {
+                let (_, reply) = self.joins.swap_remove(i);
+                let _ = reply.send(());
+            } else {
+                i += 1;
             }
-            let _ = reply.send(());
-        });
+        }
     }
 
     fn on_event(&mut self, Event(i, generation, kind): Event) {

@@ -2,7 +2,7 @@
 
 use super::outcome::STRANDED_CODE;
 use super::*;
-use crate::config::Ordering;
+use crate::config::{Ordering, ProducerConfig, StreamRef};
 use crate::hash_key::HashKey;
 use crate::kinesis::{ClientErrorKind, PutRecordsEntry};
 use crate::record::{PutOutcome, UserRecord};
