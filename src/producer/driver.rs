@@ -197,6 +197,8 @@ impl Driver {
             }
         };
         self.by_name.insert(name, i);
+        // Polled at once: its first poll schedules its reads and timers.
+        self.touch(i);
         i
     }
 
