@@ -446,10 +446,12 @@ impl Driver {
             EventKind::Response(id, result) => {
                 engine.on_response(id, result, now);
                 // A request answered: room in flight for the stream that waited longest.
-                if let Some(j) = self.waiting_for_room.pop_front() {
-                    if let Some(slot) = self.slots[j].as_mut() {
+                while let Some(j) = self.waiting_for_room.pop_front() {
+                    // A slot released (or reused) since it queued is skipped.
+                    if let Some(slot) = self.slots[j].as_mut().filter(|s| s.waiting_for_room) {
                         slot.waiting_for_room = false;
                         self.touch(j);
+                        break;
                     }
                 }
             }
