@@ -72,16 +72,14 @@ impl Engine {
     }
 
     /// A record for a stream being discovered: held, or failed at once if the stream cannot be
-    /// used. Returns it if the stream is known (not being discovered).
-    pub(super) fn hold_for_discovery(&mut self, entry: Entry, now: Instant) -> Option<Entry> {
-        let Some(d) = self.discovery.as_mut() else {
-            return Some(entry);
-        };
+    /// used.
+    pub(super) fn hold_for_discovery(&mut self, entry: Entry, now: Instant) {
+        let d = self.discovery.as_mut().expect("discovering");
         if let Some((_, _, until)) = &d.failed {
             if now < *until {
                 let error = d.rejection().expect("failed");
                 self.resolve(entry, Err(error));
-                return None;
+                return;
             }
             // Time to look again.
             self.start_discovery();
@@ -91,7 +89,6 @@ impl Engine {
             .expect("discovering")
             .waiting
             .push_back(entry);
-        None
     }
 
     /// A settings read while discovering: `None` if it was consumed here.

@@ -194,7 +194,9 @@ impl Engine {
             self.resolve(entry, Err(RecordError::ShutDown { attempts: vec![] }));
             return;
         }
-        if let Some(entry) = self.hold_for_discovery(entry, now) {
+        if self.discovery.is_some() {
+            self.hold_for_discovery(entry, now);
+        } else {
             self.queue_record(entry, now);
         }
     }
