@@ -114,13 +114,14 @@ impl Producer {
         ProducerBuilder::default()
     }
 
-    /// The stream this producer writes to.
+    /// The producer's own stream: where records that name no other ([`UserRecord::to`]) go.
     pub fn stream(&self) -> &StreamRef {
         &self.inner.stream
     }
 
-    /// The record size limit in force (data + partition key), from the stream (followed while
-    /// the producer runs: `UpdateMaxRecordSize` raises or lowers it).
+    /// The record size limit in force for the producer's own stream (data + partition key),
+    /// from the stream (followed while the producer runs: `UpdateMaxRecordSize` raises or lowers
+    /// it). Another stream's: [`Producer::stream_stats`]'s `record_size_limit`.
     pub fn max_record_size(&self) -> usize {
         self.inner.live.record_limit().bytes
     }
