@@ -89,6 +89,16 @@ async fn two_streams_and_a_missing_one_through_one_producer() {
         let added = p.add(record).await.expect("accepted");
         pending.entry(stream).or_default().push((data, added));
     }
+    // A flush waits for every stream's records, the missing stream's failures included.
+    tokio::time::timeout(DEADLINE, p.flush())
+        .await
+        .expect("flushed in time")
+        .unwrap();
+    let flushed = p.stats();
+    assert_eq!(
+        (flushed.records_put, flushed.records_failed, flushed.records_pending),
+        (400, 200, 0)
+    );
     let mut results = HashMap::new();
     for (stream, list) in pending {
         results.insert(stream, resolve(list).await);
