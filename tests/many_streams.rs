@@ -96,7 +96,11 @@ async fn two_streams_and_a_missing_one_through_one_producer() {
         .unwrap();
     let flushed = p.stats();
     assert_eq!(
-        (flushed.records_put, flushed.records_failed, flushed.records_pending),
+        (
+            flushed.records_put,
+            flushed.records_failed,
+            flushed.records_pending
+        ),
         (400, 200, 0)
     );
     let mut results = HashMap::new();

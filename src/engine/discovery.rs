@@ -121,6 +121,8 @@ impl Engine {
                 self.telemetry.error(&e.code_or_kind());
                 self.settings_schedule
                     .finished(crate::stream_settings::ReadOutcome::Failed, now);
+                // Again as soon as the spacing between reads allows (2-4 s).
+                self.settings_schedule.request();
                 None
             }
         }

@@ -62,8 +62,20 @@ fn records_wait_for_the_streams_settings_and_map_then_go_in_order() {
         .map(|i| h.add_to(1, 2, "k", &format!("{i}")))
         .collect();
     assert_eq!(reads(&mut h), (true, true), "both read at the first poll");
+    // A transient settings error: read again within four seconds, records still waiting.
+    let e = ClientError::service("InternalFailure", "try again", 500);
+    h.engine.on_stream_settings(Err(e), h.now);
+    assert!(pending(&mut rxs[0]));
+    assert_eq!(reads(&mut h), (false, false));
+    h.advance(Duration::from_secs(4));
+    assert_eq!(reads(&mut h), (false, true));
     h.engine.on_stream_settings(summary(Some(2048)), h.now);
     assert_eq!(reads(&mut h), (false, false));
+    // A map without an open shard is no map: read again.
+    h.engine.on_shard_map(Ok(vec![]), h.now);
+    assert!(pending(&mut rxs[0]));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(reads(&mut h), (true, false));
     // A transient map error: read again a second later, records still waiting.
     let e = ClientError::service("LimitExceededException", "slow down", 400);
     h.engine.on_shard_map(Err(e), h.now);
@@ -129,30 +141,71 @@ fn a_missing_stream_fails_its_records_and_is_read_again_later() {
 
 #[test]
 fn records_waiting_for_a_stream_that_does_not_answer_expire_at_their_ttl() {
+    // A TTL shorter than the stats period and the admission tick: the records' own deadlines
+    // are the engine's next.
+    let ttl = Duration::from_millis(400);
     let cfg = ProducerConfig {
-        record_ttl: Duration::from_secs(2),
+        record_ttl: ttl,
         ..config()
     };
     let mut h = discovering(cfg);
+    let t0 = h.now;
     let mut first = h.add_to(0, 1, "k", "a");
-    h.advance(Duration::from_secs(1));
+    h.advance(Duration::from_millis(200));
     let mut second = h.add_to(0, 1, "k", "b");
     assert_eq!(reads(&mut h), (true, true));
-    assert_eq!(
-        h.engine.next_deadline(),
-        Some(h.now + Duration::from_secs(1))
-    );
-    h.advance(Duration::from_secs(1));
+    assert_eq!(h.engine.next_deadline(), Some(t0 + ttl));
+    h.now = t0 + ttl;
     let _ = h.poll();
     assert!(matches!(
         outcome(&mut first),
         Err(RecordError::Expired { .. })
     ));
     assert!(pending(&mut second));
-    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.engine.next_deadline(),
+        Some(t0 + ttl + Duration::from_millis(200))
+    );
+    h.advance(Duration::from_millis(200));
     let _ = h.poll();
     assert!(matches!(
         outcome(&mut second),
         Err(RecordError::Expired { .. })
     ));
+}
+
+#[test]
+fn the_gauges_show_a_discovered_streams_settings_at_once() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let mut h = discovering(config());
+        assert_eq!(reads(&mut h), (true, true));
+        let auto = Ok(StreamSummary {
+            max_record_size_kib: Some(4096),
+            auto_distribution: true,
+            on_demand: Some(true),
+            status: "ACTIVE".into(),
+        });
+        h.engine.on_stream_settings(auto, h.now);
+        h.engine.on_shard_map(Ok(shards(2)), h.now);
+    });
+    // One snapshot: a read may drain the gauges.
+    let seen = snapshotter.snapshot().into_vec();
+    let gauge = |name: &str| {
+        seen.iter().find_map(|(key, _, _, value)| {
+            let ours = key.key().labels().any(|l| l.value() == "other");
+            (key.key().name() == name && ours).then_some(value)
+        })
+    };
+    assert_eq!(
+        gauge(crate::metrics::AUTO_DISTRIBUTION),
+        Some(&DebugValue::Gauge(1.0.into())),
+        "before any stats period"
+    );
+    assert_eq!(
+        gauge(crate::metrics::RECORD_SIZE_LIMIT),
+        Some(&DebugValue::Gauge(((4 << 20) as f64).into()))
+    );
 }
