@@ -209,3 +209,37 @@ fn the_gauges_show_a_discovered_streams_settings_at_once() {
         Some(&DebugValue::Gauge(((4 << 20) as f64).into()))
     );
 }
+
+#[test]
+fn a_released_streams_admission_cap_no_longer_counts() {
+    let h = Harness::new(1, config());
+    let alone = h.gauge.withheld();
+    assert!(alone.0 > 0, "one shard's cap is below the bound: {alone:?}");
+    // A second stream's engine on the same gauge.
+    let settings = StreamSettings::default();
+    let live = Arc::new(LiveSettings::new(
+        settings,
+        settings.record_limit(config().request_bytes_for(1 << 20)),
+    ));
+    let s = EngineSettings::new(&config(), StreamRef::Name("other".into()), settings, live);
+    let mut second = Engine::new(
+        s,
+        ShardMap::new(shards(1)),
+        h.gauge.clone(),
+        SharedStats::new(h.now),
+        Metrics::new("other", config().metrics_granularity),
+        h.now,
+    );
+    second.update_capacity();
+    let both = h.gauge.withheld();
+    assert!(
+        both.0 < alone.0,
+        "two streams' caps add up: {both:?} vs {alone:?}"
+    );
+    second.release();
+    assert_eq!(
+        h.gauge.withheld(),
+        alone,
+        "the released stream's cap is gone"
+    );
+}
