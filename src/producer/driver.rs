@@ -393,7 +393,7 @@ impl Driver {
                     self.touch(i);
                     replies.push(rx);
                 }
-                self.reply_when_all(replies, reply);
+                self.joins.push((replies, reply));
             }
             Msg::Shutdown(reply) => self.shut_down(Some(reply), now),
         }
@@ -411,12 +411,8 @@ impl Driver {
             replies.push(rx);
         }
         if let Some(reply) = reply {
-            self.reply_when_all(replies, reply);
+            self.joins.push((replies, reply));
         }
-    }
-
-    fn reply_when_all(&mut self, replies: Vec<oneshot::Receiver<()>>, reply: oneshot::Sender<()>) {
-        self.joins.push((replies, reply));
     }
 
     /// Answers the flush and shutdown replies whose engines have all answered.
