@@ -7,7 +7,7 @@
 //! can check one against the other.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
 
@@ -35,6 +35,9 @@ pub(crate) struct BufferGauge {
     /// (records, bytes); written by the engine only.
     withheld: (AtomicUsize, AtomicUsize),
     hold_back: Mutex<HoldBack>,
+    /// Whether less is held back than the caps want (releases then fill it first): without
+    /// it, [`BufferGauge::give_back`] gives room back without taking the lock.
+    short: AtomicBool,
 }
 
 impl BufferGauge {
@@ -47,6 +50,7 @@ impl BufferGauge {
             max_bytes,
             withheld: (AtomicUsize::new(0), AtomicUsize::new(0)),
             hold_back: Mutex::new(HoldBack::default()),
+            short: AtomicBool::new(false),
         }
     }
 
@@ -102,11 +106,17 @@ impl BufferGauge {
             h.withheld = (h.withheld.0 + taken.0, h.withheld.1 + taken.1);
             self.set_withheld(h.withheld.0, h.withheld.1);
         }
+        self.short.store(h.withheld != withhold, Ordering::Relaxed);
     }
 
     /// Records resolved give their room back: what the caps want held back is kept, the rest
     /// goes back to `add`.
     pub fn give_back(&self, records: usize, bytes: usize) {
+        // Only the engine thread calls this and `set_cap`: the flag is current.
+        if !self.short.load(Ordering::Relaxed) {
+            self.release(records, bytes);
+            return;
+        }
         let mut h = self.hold_back();
         let keep = (
             records.min(h.withhold.0.saturating_sub(h.withheld.0)),
@@ -115,6 +125,8 @@ impl BufferGauge {
         if keep != (0, 0) {
             h.withheld = (h.withheld.0 + keep.0, h.withheld.1 + keep.1);
             self.set_withheld(h.withheld.0, h.withheld.1);
+            self.short
+                .store(h.withheld != h.withhold, Ordering::Relaxed);
         }
         self.release(records - keep.0, bytes - keep.1);
     }

@@ -164,22 +164,10 @@ impl Engine {
         };
         let d = self.discovery.take().expect("discovering");
         let map = d.map.expect("read");
-        let mut s = EngineSettings::new(
-            &self.s.config,
-            self.s.stream.clone(),
-            settings,
-            self.s.live.clone(),
-        );
-        s.on_failure = self.s.on_failure.take();
-        s.requests = self.s.requests.clone();
-        self.s = s;
-        self.aggregator = crate::aggregation::Aggregator::new(
-            self.s.aggregate_max,
-            self.s.config.aggregation_max_count,
-        );
-        self.collector.set_max_bytes(self.s.request_bytes);
-        self.admission
-            .set_max_record_size(self.s.record_limit.bytes);
+        self.s.follow_limits(settings);
+        self.s.predict = !settings.auto_distribution;
+        self.s.aggregation = self.s.config.aggregation && self.s.predict;
+        self.adopt_limits();
         self.shards.set_predict(self.s.predict);
         self.s.live.set(settings, self.s.record_limit);
         self.telemetry

@@ -2,6 +2,7 @@
 //! make of them (aggregation, prediction, limits in force).
 
 use crate::config::{ProducerConfig, StreamRef};
+use crate::error::RecordLimitFrom;
 use crate::limits::{SHARD_BYTES_PER_SEC, SHARD_RECORDS_PER_SEC};
 use crate::producer::FailureCallback;
 use crate::stream_settings::{LiveSettings, RecordLimit, StreamSettings};
@@ -47,8 +48,7 @@ impl EngineSettings {
     ) -> Self {
         let pct = config.rate_limit_percent as f64 / 100.0;
         let predict = !stream_settings.auto_distribution;
-        let request_bytes = config.request_bytes_for(stream_settings.stream_record_limit());
-        EngineSettings {
+        let mut s = EngineSettings {
             config: config.clone(),
             stream,
             // Under AUTO distribution records land anywhere, and KCL drops sub-records that
@@ -59,15 +59,32 @@ impl EngineSettings {
                 SHARD_BYTES_PER_SEC as f64 * pct,
             )),
             predict,
-            record_limit: stream_settings.record_limit(request_bytes),
-            aggregate_max: aggregate_max(config, stream_settings.record_limit(request_bytes)),
-            request_bytes,
+            // Set from the stream's settings just below.
+            record_limit: RecordLimit {
+                bytes: 0,
+                from: RecordLimitFrom::ApiDefault,
+            },
+            aggregate_max: 0,
+            request_bytes: 0,
             stream_settings,
             live,
             on_failure: None,
             dead_letters: None,
             requests: Arc::new(AtomicUsize::new(0)),
-        }
+        };
+        s.follow_limits(stream_settings);
+        s
+    }
+
+    /// Takes the limits of the stream's settings as last read: the request and record limits
+    /// in force, and the largest aggregate.
+    pub fn follow_limits(&mut self, settings: StreamSettings) {
+        self.stream_settings = settings;
+        self.request_bytes = self
+            .config
+            .request_bytes_for(settings.stream_record_limit());
+        self.record_limit = settings.record_limit(self.request_bytes);
+        self.aggregate_max = aggregate_max(&self.config, self.record_limit);
     }
 }
 

@@ -32,7 +32,9 @@ mod telemetry;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use engine_settings::{aggregate_max, EngineSettings};
+#[cfg(test)]
+use engine_settings::aggregate_max;
+pub(crate) use engine_settings::EngineSettings;
 pub(crate) use entry::{Entry, Reply};
 
 use crate::admission::Admission;

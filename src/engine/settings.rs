@@ -58,18 +58,9 @@ impl Engine {
         if new == old {
             return;
         }
-        self.s.stream_settings = new;
         let limit_lowered = new.stream_record_limit() < old.stream_record_limit();
-        self.s.request_bytes = self.s.config.request_bytes_for(new.stream_record_limit());
-        self.s.record_limit = new.record_limit(self.s.request_bytes);
-        self.collector.set_max_bytes(self.s.request_bytes);
-        self.s.aggregate_max = super::aggregate_max(&self.s.config, self.s.record_limit);
-        self.aggregator = crate::aggregation::Aggregator::new(
-            self.s.aggregate_max,
-            self.s.config.aggregation_max_count,
-        );
-        self.admission
-            .set_max_record_size(self.s.record_limit.bytes);
+        self.s.follow_limits(new);
+        self.adopt_limits();
         let switched = new.auto_distribution != old.auto_distribution;
         if switched {
             self.s.predict = !new.auto_distribution;
@@ -85,6 +76,17 @@ impl Engine {
         self.s.live.set(new, self.s.record_limit);
         self.telemetry
             .settings_changed(new.auto_distribution, self.s.record_limit.bytes);
+    }
+
+    /// Brings the collector, the aggregator and admission to the limits in force.
+    pub(super) fn adopt_limits(&mut self) {
+        self.collector.set_max_bytes(self.s.request_bytes);
+        self.aggregator = crate::aggregation::Aggregator::new(
+            self.s.aggregate_max,
+            self.s.config.aggregation_max_count,
+        );
+        self.admission
+            .set_max_record_size(self.s.record_limit.bytes);
     }
 
     /// Why a record no longer meets the stream's settings, if it does not.
