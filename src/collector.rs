@@ -6,15 +6,22 @@
 //! oldest user record has waited `max_buffered_time`, or when the caller flushes.
 //!
 //! A request opened by a record that is already past its buffering deadline (released from a
-//! rate-limited backlog) stays open for a [`MIN_WINDOW_DIVISOR`]th of `max_buffered_time`.
-//! Without that, records released one by one from a backlog would each go out in a request of
-//! their own. Pure and generic over the record type, so property tests can drive it
+//! rate-limited backlog, a retry) stays open for half of `max_buffered_time`
+//! ([`MIN_WINDOW_DIVISOR`]); one opened by an aggregate sealed when its own linger ended
+//! ([`Collector::push_due`]) is due at once. Without the window, records released one by one from a backlog would each go out
+//! in a request of their own. Pure and generic over the record type, so property tests can drive it
 //! with plain values.
 
 use std::time::{Duration, Instant};
 
 /// A request opened by an overdue record stays open `max_buffered_time / MIN_WINDOW_DIVISOR`.
-pub const MIN_WINDOW_DIVISOR: u32 = 10;
+///
+/// Half of `max_buffered_time`: its records are already later than that, and a stream that gets
+/// a small share of a backlog (one of many streams, or one released by its limiter) would
+/// otherwise send requests of a few aggregates each. With a tenth, requests of a stream with an
+/// eighth of a producer's flow carried 2,100 user records; with a half, 6,500 (BENCHMARKS.md,
+/// issue 15).
+pub const MIN_WINDOW_DIVISOR: u32 = 2;
 
 /// One request's worth of records.
 #[derive(Debug)]
@@ -59,6 +66,22 @@ impl<T> Collector<T> {
         arrived: Instant,
         now: Instant,
     ) -> Option<Batch<T>> {
+        self.add(record, size, arrived, Some(now))
+    }
+
+    /// Like [`Collector::push`], for a record sealed when its own deadline came (an aggregate
+    /// whose linger ended): a request it opens is due by age, at once, and opens no window.
+    pub fn push_due(&mut self, record: T, size: usize, arrived: Instant) -> Option<Batch<T>> {
+        self.add(record, size, arrived, None)
+    }
+
+    fn add(
+        &mut self,
+        record: T,
+        size: usize,
+        arrived: Instant,
+        opened: Option<Instant>,
+    ) -> Option<Batch<T>> {
         let closed = if !self.records.is_empty()
             && (self.records.len() >= self.max_records || self.bytes + size > self.max_bytes)
         {
@@ -67,7 +90,7 @@ impl<T> Collector<T> {
             None
         };
         if self.records.is_empty() {
-            self.opened = Some(now);
+            self.opened = opened;
         }
         self.records.push(record);
         self.bytes += size;
@@ -97,14 +120,14 @@ impl<T> Collector<T> {
     }
 
     /// When the current request is due by age, if it holds anything: when its oldest record
-    /// has waited `max_buffered_time`, or, for a request opened by an overdue record, a short
-    /// window after it opened.
+    /// has waited `max_buffered_time`, or, for a request opened by an overdue record (see
+    /// [`Collector::push_due`] for the exception), the window after it opened.
     pub fn due_at(&self, max_buffered_time: Duration) -> Option<Instant> {
         let oldest = self.oldest?;
         let by_age = oldest.checked_add(max_buffered_time).unwrap_or(oldest);
         match self.opened {
-            // Opened by a record already overdue (released from a backlog): keep it open a
-            // little so that the records released next join it.
+            // Opened by a record already overdue (released from a backlog, or a retry): keep
+            // it open so that the records released next join it.
             Some(opened) if opened > by_age => {
                 Some(opened + max_buffered_time / MIN_WINDOW_DIVISOR)
             }
@@ -217,15 +240,33 @@ mod tests {
         let mut c = Collector::new(500, 1 << 20);
         let long_ago = t - Duration::from_secs(5);
         c.push(1, 1, long_ago, t);
-        assert_eq!(c.due_at(mbt), Some(t + Duration::from_millis(10)));
+        assert_eq!(c.due_at(mbt), Some(t + Duration::from_millis(50)));
         assert!(c
-            .take_ready(t + Duration::from_millis(9), mbt, false)
+            .take_ready(t + Duration::from_millis(49), mbt, false)
             .is_none());
-        c.push(2, 1, long_ago, t + Duration::from_millis(5));
+        c.push(2, 1, long_ago, t + Duration::from_millis(30));
         let b = c
-            .take_ready(t + Duration::from_millis(10), mbt, false)
+            .take_ready(t + Duration::from_millis(50), mbt, false)
             .unwrap();
         assert_eq!(b.records, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_record_sealed_at_its_deadline_opens_no_window() {
+        let t = Instant::now();
+        let mbt = Duration::from_millis(100);
+        let mut c = Collector::new(500, 1 << 20);
+        // An aggregate sealed when its linger ended, a little after its deadline.
+        let arrived = t - mbt - Duration::from_millis(2);
+        assert!(c.push_due(1, 1, arrived).is_none());
+        assert_eq!(c.due_at(mbt), Some(arrived + mbt));
+        // An overdue record released later joins it: the request stays due by age.
+        c.push(2, 1, t - Duration::from_secs(1), t);
+        let b = c.take_ready(t, mbt, false).unwrap();
+        assert_eq!(b.records, vec![1, 2]);
+        // The same record released from a backlog opens the window.
+        c.push(3, 1, arrived, t);
+        assert_eq!(c.due_at(mbt), Some(t + mbt / MIN_WINDOW_DIVISOR));
     }
 
     proptest! {

@@ -122,18 +122,22 @@ impl Engine {
         }
         loop {
             let st = self.shards.state_mut(i);
+            // Sealed now because its linger ended: on time, not part of a backlog.
+            let mut lingered = false;
             if st.sealed.is_none() {
                 let Some(front) = st.queue.front() else { break };
                 if self.s.aggregation && !flushing {
-                    let deadline = front.deadline;
-                    let due = st
-                        .linger_due(self.s.config.max_buffered_time)
-                        .expect("queue has a front");
+                    let (deadline, arrival) = (front.deadline, front.arrival);
+                    let max_buffered_time = self.s.config.max_buffered_time;
+                    let due = st.linger_due(max_buffered_time).expect("queue has a front");
                     let full = st.full(self.s.aggregate_max, self.s.config.aggregation_max_count);
                     if !full && due > now {
                         st.wake = Some(due.min(deadline));
                         break;
                     }
+                    // (Not a linger lengthened for a record that arrived overdue: that one is
+                    // part of a backlog.)
+                    lingered = !full && Some(due) == arrival.checked_add(max_buffered_time);
                 }
                 st.sealed = Some(st.build_record(
                     &mut self.aggregator,
@@ -149,7 +153,12 @@ impl Engine {
             let record = st.sealed.take().expect("sealed record");
             self.ledger.sent(&mut st.outstanding);
             let oldest = record.oldest;
-            if let Some(batch) = self.collector.push(record, size, oldest, now) {
+            let closed = if lingered {
+                self.collector.push_due(record, size, oldest)
+            } else {
+                self.collector.push(record, size, oldest, now)
+            };
+            if let Some(batch) = closed {
                 self.outbox.push_back(batch);
             }
             if self.collector.is_full() {

@@ -35,6 +35,9 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Messages the engine takes from the ingest channel between two polls.
 const INGEST_BATCH: usize = 4096;
 
+/// Entries of the driver's cache of recently seen stream names.
+const RECENT: usize = 16;
+
 pub(super) enum Msg {
     Record(Entry),
     Flush(oneshot::Sender<()>),
@@ -124,7 +127,12 @@ pub(super) struct Driver {
     shared: Shared,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
-    by_name: HashMap<Arc<str>, usize>,
+    by_name: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
+    /// Slots of recently seen stream names, by the address of the record's `Arc`: a caller
+    /// that keeps its `Arc`s finds the slot with one pointer comparison, without hashing and
+    /// comparing the name per record. A cached `Arc` is kept alive, so its address cannot
+    /// come back for another name.
+    recent: [Option<(Arc<str>, usize)>; RECENT],
     next_generation: u64,
     /// (deadline, slot, generation), earliest first; an entry whose deadline is no longer its
     /// slot's is skipped.
@@ -156,7 +164,8 @@ impl Driver {
             shared,
             slots: Vec::new(),
             free: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: HashMap::default(),
+            recent: Default::default(),
             next_generation: 0,
             heap: BinaryHeap::new(),
             touched: VecDeque::new(),
@@ -202,11 +211,24 @@ impl Driver {
         i
     }
 
-    /// The slot of another stream than the producer's own, made on its first record.
+    /// The slot of the stream a record names (made on the first record that names it).
     fn slot_for(&mut self, name: &Arc<str>, now: Instant) -> usize {
-        if let Some(&i) = self.by_name.get(name) {
-            return i;
+        let at = (Arc::as_ptr(name) as *const u8 as usize >> 4) % RECENT;
+        if let Some((seen, i)) = &self.recent[at] {
+            if Arc::ptr_eq(seen, name) {
+                return *i;
+            }
         }
+        let i = match self.by_name.get(name) {
+            Some(&i) => i,
+            None => self.open_stream(name, now),
+        };
+        self.recent[at] = Some((name.clone(), i));
+        i
+    }
+
+    /// A slot for a stream seen for the first time (or again after its release).
+    fn open_stream(&mut self, name: &Arc<str>, now: Instant) -> usize {
         let stream = StreamRef::parse(name);
         let config = &self.shared.config;
         let settings = StreamSettings::default();
@@ -362,6 +384,11 @@ impl Driver {
     fn release(&mut self, i: usize) {
         let slot = self.slots[i].take().expect("live slot");
         self.by_name.remove(&slot.name);
+        for seen in &mut self.recent {
+            if seen.as_ref().is_some_and(|(_, s)| *s == i) {
+                *seen = None;
+            }
+        }
         self.shared.registry.remove(&slot.name);
         slot.engine.release();
         self.free.push(i);

@@ -29,6 +29,44 @@ fn batches_until_max_buffered_time() {
     assert_eq!(h.gauge.records_held(), 0, "buffer room given back");
 }
 
+/// An aggregate sealed when its linger ended goes in the same poll, even a poll that comes
+/// late; one sealed from records that reached the engine overdue (a backlog) waits the
+/// request's window for the records released after it.
+#[test]
+fn a_lingered_aggregate_goes_at_once_and_a_backlog_waits_the_window() {
+    let cfg = ProducerConfig {
+        aggregation: true,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    h.add_to(0, 1, "a", "x");
+    h.add_to(0, 1, "b", "x");
+    h.advance(Duration::from_millis(103)); // the timer fired 3 ms late
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1, "no window after a linger");
+    assert_eq!(sent[0].1.records.len(), 1, "one aggregate of both records");
+
+    // Records that reached the engine 5 s after `add`: the shard lingers from their arrival
+    // at the engine, then the request they open stays open the window.
+    let ttl = h.engine.s.config.record_ttl;
+    let hash = HashKey(even_range(0, 1).0);
+    for key in ["c", "d"] {
+        let (tx, _rx) = oneshot::channel();
+        let record = UserRecord::new(key, "x".to_string());
+        assert!(h.gauge.try_acquire(record.size()));
+        let added = h.now - Duration::from_secs(5);
+        h.engine
+            .on_record(Entry::new(record, hash, added, ttl, Some(tx)), h.now);
+    }
+    h.advance(Duration::from_millis(100));
+    assert!(h.poll().is_empty(), "held for the window");
+    let window = h.engine.s.config.max_buffered_time / crate::collector::MIN_WINDOW_DIVISOR;
+    h.advance(window);
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.records.len(), 1);
+}
+
 #[test]
 fn full_request_goes_at_once_within_limits() {
     let mut h = Harness::new(
@@ -86,8 +124,9 @@ fn shard_limiter_holds_one_shard_not_others() {
     }
     assert!(outcome(&mut other).is_ok());
     assert!(pending(&mut first[1200]));
-    // the rest goes at 1,000/s
-    h.advance(Duration::from_millis(250));
+    // the rest goes at 1,000/s: 250 ms of it, the last part during the request's window
+    let window = h.engine.s.config.max_buffered_time / crate::collector::MIN_WINDOW_DIVISOR;
+    h.advance(Duration::from_millis(250) - window);
     let sent: usize = h
         .poll_after_window()
         .iter()
