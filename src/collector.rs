@@ -7,8 +7,8 @@
 //!
 //! A request opened by a record that is already past its buffering deadline (released from a
 //! rate-limited backlog, a retry) stays open for half of `max_buffered_time`
-//! ([`MIN_WINDOW_DIVISOR`]); one opened by an aggregate sealed when its own linger ended
-//! ([`Collector::push_due`]) is due at once. Without the window, records released one by one from a backlog would each go out
+//! ([`MIN_WINDOW_DIVISOR`]), or until it holds a quarter of the byte limit; one opened by an
+//! aggregate sealed when its own linger ended ([`Collector::push_due`]) is due at once. Without the window, records released one by one from a backlog would each go out
 //! in a request of their own. Pure and generic over the record type, so property tests can drive it
 //! with plain values.
 
@@ -19,9 +19,12 @@ use std::time::{Duration, Instant};
 /// Half of `max_buffered_time`: its records are already later than that, and a stream that gets
 /// a small share of a backlog (one of many streams, or one released by its limiter) would
 /// otherwise send requests of a few aggregates each. With a tenth, requests of a stream with an
-/// eighth of a producer's flow carried 2,100 user records; with a half, 6,500 (BENCHMARKS.md,
-/// issue 15).
+/// eighth of a producer's flow carried 2,100 user records; with a half, about 7,000
+/// (BENCHMARKS.md, issue 15).
 pub const MIN_WINDOW_DIVISOR: u32 = 2;
+
+/// A request in a backlog's window goes once it holds `max_bytes / WINDOW_FILL_DIVISOR`.
+pub const WINDOW_FILL_DIVISOR: usize = 4;
 
 /// One request's worth of records.
 #[derive(Debug)]
@@ -155,7 +158,17 @@ impl<T> Collector<T> {
             return None;
         }
         let due = self.due_at(max_buffered_time).is_some_and(|d| d <= now);
-        (flush || due || self.is_full()).then(|| self.take())
+        (flush || due || self.is_full() || self.window_filled(max_buffered_time))
+            .then(|| self.take())
+    }
+
+    /// Whether a request kept open for a backlog's window already holds a
+    /// [`WINDOW_FILL_DIVISOR`]th of the byte limit: large enough that waiting longer saves
+    /// little per request, and memory in flight stays small.
+    fn window_filled(&self, max_buffered_time: Duration) -> bool {
+        let by_age = self.oldest.and_then(|o| o.checked_add(max_buffered_time));
+        let in_window = matches!((self.opened, by_age), (Some(o), Some(b)) if o > b);
+        in_window && self.bytes >= self.max_bytes / WINDOW_FILL_DIVISOR
     }
 }
 
@@ -249,6 +262,22 @@ mod tests {
             .take_ready(t + Duration::from_millis(50), mbt, false)
             .unwrap();
         assert_eq!(b.records, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_backlog_window_closes_once_a_quarter_of_the_byte_limit_is_in() {
+        let t = Instant::now();
+        let mbt = Duration::from_millis(100);
+        let mut c = Collector::new(500, 1_000);
+        let long_ago = t - Duration::from_secs(5);
+        c.push(1, 249, long_ago, t);
+        assert!(c.take_ready(t, mbt, false).is_none(), "in its window");
+        c.push(2, 1, long_ago, t);
+        let b = c.take_ready(t, mbt, false).expect("250 bytes: a quarter");
+        assert_eq!(b.records, vec![1, 2]);
+        // Outside a backlog's window, size below the limit does not close a request.
+        c.push(3, 600, t, t);
+        assert!(c.take_ready(t, mbt, false).is_none());
     }
 
     #[test]
