@@ -14,6 +14,12 @@
 //!   shared     two producers on one 8-shard stream, each offering 1x capacity [30 s]
 //!   latency    10 % of capacity, max_buffered_time 100 ms [20 s]: add-to-ack p50/p99
 //!   overload   10x capacity, max_buffered_bytes 64 MiB [60 s]: peak RSS
+//!   fleet      N independent producers (each its own engine and client) on one 8-shard stream,
+//!              2x capacity in total split evenly [40 s, warm-up 10 s]: per-shard utilization,
+//!              throttled fraction, Jain's index of the producers' accepted rates, add-to-ack
+//!              p99 (one record in 64 tracked); `--join-leave` adds a producer at T/3 and
+//!              removes one at 2T/3 and reports how long the figures took to return within
+//!              bounds (`reconverge_s`); code in `bench_e2e/fleet.rs`
 //!
 //! options:
 //!   --seconds S          run length
@@ -28,6 +34,12 @@
 //!   --tracked            use add() (futures dropped) instead of add_untracked()
 //!   --endpoint URL       use an external endpoint (e.g. the kinesis-sim binary) instead of the
 //!   --stream NAME        in-process simulator; the stream must exist [stream: bench]
+//!   --producers N        fleet: producers [8]
+//!   --throttle-model M   in-process simulator's limits: bucket (token bucket) or window
+//!                        (one-second windows) [bucket]
+//!   --join-leave         fleet: a producer joins at T/3, one leaves at 2T/3
+//!   --series PATH        fleet: write one JSON line per second (per-producer accepted rates,
+//!                        rate factors, throttled fraction) for scripts/chart_fleet.py
 //! ```
 //!
 //! Every scenario prints one JSON line on stdout. CPU time comes from `getrusage` (whole
@@ -42,7 +54,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_kinesis::config::{Credentials, Region};
 use bytes::Bytes;
 use kinesis_producer::{Producer, ProducerBuilder, Stats, UserRecord};
-use kinesis_sim::{RateLimits, SimConfig, Simulator, StreamCounters};
+use kinesis_sim::{RateLimits, SimConfig, Simulator, StreamCounters, ThrottleModel};
+
+#[path = "bench_e2e/fleet.rs"]
+mod fleet;
 
 const MIB: f64 = 1_048_576.0;
 const SHARD_RECORDS: f64 = 1_000.0;
@@ -62,13 +77,18 @@ struct Opts {
     tracked: bool,
     endpoint: Option<String>,
     stream: String,
+    producers: Option<usize>,
+    throttle_model: ThrottleModel,
+    join_leave: bool,
+    series: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench_e2e <cpu|accuracy|shared|latency|overload> [--seconds S] [--warmup S] \
-         [--aggregation on|off] [--record-size N] [--shards N] [--streams N] [--keys N] [--load X] \
-         [--tracked] [--endpoint URL] [--stream NAME]"
+        "usage: bench_e2e <cpu|accuracy|shared|latency|overload|fleet> [--seconds S] \
+         [--warmup S] [--aggregation on|off] [--record-size N] [--shards N] [--streams N] \
+         [--keys N] [--load X] [--tracked] [--endpoint URL] [--stream NAME] [--producers N] \
+         [--throttle-model bucket|window] [--join-leave] [--series PATH]"
     );
     std::process::exit(2)
 }
@@ -78,11 +98,14 @@ fn parse_args() -> Opts {
     let scenario = args.next().unwrap_or_else(|| usage());
     let mut flags: HashMap<String, String> = HashMap::new();
     let mut tracked = false;
+    let mut join_leave = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tracked" => tracked = true,
+            "--join-leave" => join_leave = true,
             "--seconds" | "--warmup" | "--aggregation" | "--record-size" | "--shards"
-            | "--streams" | "--keys" | "--load" | "--endpoint" | "--stream" => {
+            | "--streams" | "--keys" | "--load" | "--endpoint" | "--stream" | "--producers"
+            | "--throttle-model" | "--series" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 flags.insert(a.trim_start_matches("--").to_string(), v);
             }
@@ -103,7 +126,12 @@ fn parse_args() -> Opts {
         "shared" => (30.0, if aggregation { 1024 } else { 100 }, 8),
         "latency" => (20.0, 100, 8),
         "overload" => (60.0, 1024, 8),
+        "fleet" => (40.0, if aggregation { 1024 } else { 100 }, 8),
         _ => usage(),
+    };
+    let throttle_model = match flags.get("throttle-model") {
+        None => ThrottleModel::TokenBucket,
+        Some(m) => ThrottleModel::parse(m).unwrap_or_else(|| usage()),
     };
     Opts {
         scenario,
@@ -121,6 +149,10 @@ fn parse_args() -> Opts {
             .get("stream")
             .cloned()
             .unwrap_or_else(|| "bench".into()),
+        producers: num("producers").map(|v| v as usize),
+        throttle_model,
+        join_leave,
+        series: flags.get("series").cloned(),
     }
 }
 
@@ -262,7 +294,10 @@ fn start_env(o: &Opts, limits: bool) -> Env {
         .expect("simulator runtime");
     let cfg = SimConfig {
         limits: if limits {
-            RateLimits::default()
+            RateLimits {
+                model: o.throttle_model,
+                ..RateLimits::default()
+            }
         } else {
             RateLimits::unlimited()
         },
@@ -777,8 +812,11 @@ fn scenario_limited(o: &Opts, producers: usize, default_load: f64) {
     let rate = run.load.capacity(o) * load;
     let w = warmup(o);
     let cpu0 = cpu_now();
+    let t0 = Instant::now();
     let (sent, snaps, _) = run.drive(o, Some(rate), w, None);
     let stats = run.stats();
+    // The whole run's rate: records put over the measured time until the stats were read.
+    let elapsed = t0.elapsed().as_secs_f64();
     let (put, failed, krecords, throttles) = sum_stats(&stats);
     let requests: u64 = stats.iter().map(|s| s.requests).sum();
     let cpu1 = cpu_now();
@@ -796,7 +834,7 @@ fn scenario_limited(o: &Opts, producers: usize, default_load: f64) {
         o.seconds,
         w,
         rate.round(),
-        (put as f64 / o.seconds).round(),
+        (put as f64 / elapsed).round(),
         (throttles as f64 / (krecords + throttles).max(1) as f64 * 1e5).round() / 1e5,
         r3(cpu1.process - cpu0.process),
         r3(cpu1.sim - cpu0.sim),
@@ -929,6 +967,7 @@ fn main() {
         "shared" => scenario_limited(&o, 2, 1.0),
         "latency" => scenario_latency(&o),
         "overload" => scenario_overload(&o),
+        "fleet" => fleet::scenario_fleet(&o),
         _ => usage(),
     }
 }
