@@ -404,6 +404,19 @@ impl Load {
 /// Latencies (add call to acknowledgement) in seconds, with the time each record was added.
 type Latencies = Arc<Mutex<Vec<(Instant, f64)>>>;
 
+/// The latencies of records added at least `warmup` seconds after `start`, in ms, sorted.
+fn latencies_ms(latencies: &Latencies, start: Instant, warmup: f64) -> Vec<f64> {
+    let mut xs: Vec<f64> = latencies
+        .lock()
+        .expect("latencies")
+        .iter()
+        .filter(|(t, _)| t.duration_since(start).as_secs_f64() >= warmup)
+        .map(|(_, d)| d * 1000.0)
+        .collect();
+    xs.sort_by(f64::total_cmp);
+    xs
+}
+
 /// Adds records until `until` at `rate` records/s (`None`: as fast as possible). Returns the
 /// number of records added. With `latencies`, every record's future is awaited in its own task.
 #[allow(clippy::too_many_arguments)]
@@ -476,6 +489,16 @@ struct Run {
     load: Load,
 }
 
+/// The runtime the producers' requests and the feeders run on (2 workers, as the machine has).
+fn producer_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("producer-rt")
+        .enable_all()
+        .build()
+        .expect("producer runtime")
+}
+
 fn setup(
     o: &Opts,
     limits: bool,
@@ -483,12 +506,7 @@ fn setup(
     tune: impl Fn(ProducerBuilder) -> ProducerBuilder,
 ) -> Run {
     let env = start_env(o, limits);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("producer-rt")
-        .enable_all()
-        .build()
-        .expect("producer runtime");
+    let rt = producer_runtime();
     let client = client(&env.endpoint);
     // Warm the client (connection, endpoint resolution) so that the first build's count holds
     // only the producer's own state.
@@ -879,14 +897,7 @@ fn scenario_latency(o: &Opts) {
     run.flush();
     // Let the acknowledgement tasks finish.
     std::thread::sleep(Duration::from_millis(200));
-    let mut xs: Vec<f64> = lat
-        .lock()
-        .expect("latencies")
-        .iter()
-        .filter(|(t, _)| t.duration_since(start).as_secs_f64() >= w)
-        .map(|(_, d)| d * 1000.0)
-        .collect();
-    xs.sort_by(f64::total_cmp);
+    let xs = latencies_ms(&lat, start, w);
     let stats = run.stats();
     let (put, failed, _, throttles) = sum_stats(&stats);
     println!(

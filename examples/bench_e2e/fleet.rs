@@ -131,12 +131,7 @@ fn reconverge(samples: &[Sample], event: usize, end: usize) -> Option<f64> {
 pub fn scenario_fleet(o: &Opts) {
     let n = o.producers.unwrap_or(8).max(1);
     let env = start_env(o, true);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("producer-rt")
-        .enable_all()
-        .build()
-        .expect("producer runtime");
+    let rt = producer_runtime();
     let load = Load::new(o);
     let offered = o.load.unwrap_or(2.0);
     let each = load.capacity(o) * offered / n as f64;
@@ -279,14 +274,7 @@ pub fn scenario_fleet(o: &Opts) {
     };
     let (util, throttled, jain, rates) = figures(&samples, first, steady_end);
     let (umin, umean) = min_mean(&util);
-    let mut xs: Vec<f64> = latencies
-        .lock()
-        .expect("latencies")
-        .iter()
-        .filter(|(t, _)| t.duration_since(start).as_secs_f64() >= w)
-        .map(|(_, d)| d * 1000.0)
-        .collect();
-    xs.sort_by(f64::total_cmp);
+    let xs = latencies_ms(&latencies, start, w);
     let stats: Vec<Stats> = members.iter().map(|m| m.producer.stats()).collect();
     let (put, failed, krecords, throttles) = sum_stats(&stats);
     let expired: u64 = stats.iter().map(|s| s.records_expired).sum();
