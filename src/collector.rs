@@ -8,9 +8,10 @@
 //! A request opened by a record that is already past its buffering deadline (released from a
 //! rate-limited backlog, a retry) stays open for half of `max_buffered_time`
 //! ([`MIN_WINDOW_DIVISOR`]), or until it holds a quarter of the byte limit; one opened by an
-//! aggregate sealed when its own linger ended ([`Collector::push_due`]) is due at once. Without the window, records released one by one from a backlog would each go out
-//! in a request of their own. Pure and generic over the record type, so property tests can drive it
-//! with plain values.
+//! aggregate sealed when its own linger ended ([`Collector::push_due`]) is due at once. Without
+//! the window, records released one by one from a backlog would each go out in a request of
+//! their own. Pure and generic over the record type, so property tests can drive it with plain
+//! values.
 
 use std::time::{Duration, Instant};
 

@@ -176,7 +176,13 @@ async fn an_idle_stream_is_released_and_read_again_on_its_next_record() {
         .build(&sdk)
         .await
         .expect("build");
-    let first = p.add(UserRecord::new("k", "one").to("side")).await.unwrap();
+    // One `Arc` for both records: the driver's cache of recent names must forget a released
+    // stream's slot.
+    let side: std::sync::Arc<str> = "side".into();
+    let first = p
+        .add(UserRecord::new("k", "one").to(side.clone()))
+        .await
+        .unwrap();
     tokio::time::timeout(DEADLINE, first)
         .await
         .unwrap()
@@ -192,7 +198,7 @@ async fn an_idle_stream_is_released_and_read_again_on_its_next_record() {
     assert!(p.stream_stats("side").is_none());
     assert_eq!(p.stats().records_put, 1, "its counters stay in the totals");
     // Its next record reads the stream again.
-    let second = p.add(UserRecord::new("k", "two").to("side")).await.unwrap();
+    let second = p.add(UserRecord::new("k", "two").to(side)).await.unwrap();
     tokio::time::timeout(DEADLINE, second)
         .await
         .unwrap()
