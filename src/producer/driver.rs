@@ -12,19 +12,21 @@
 //! poll, those whose deadline is due (a heap of deadlines, stale entries skipped), and, when a
 //! request of any stream answers, the stream that waited longest for in-flight room.
 
+mod io;
+
 use super::streams::{Registry, StreamEntry};
 use crate::buffer::BufferGauge;
 use crate::config::{ProducerConfig, StreamRef};
 use crate::engine::{Action, Engine, EngineSettings, Entry};
-use crate::kinesis::{ClientError, ClientErrorKind, Kinesis, PutRecordsResultEntry, StreamSummary};
+use crate::kinesis::{ClientError, Kinesis, PutRecordsResultEntry, StreamSummary};
 use crate::metrics::Metrics;
 use crate::shard_map::ShardInfo;
 use crate::stats::SharedStats;
 use crate::stream_settings::{LiveSettings, StreamSettings};
 use crossbeam_channel::{Receiver, Sender};
+pub(super) use io::with_timeout;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::future::Future;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,18 +55,6 @@ enum EventKind {
     StreamSettings(Result<StreamSummary, ClientError>),
 }
 
-pub(super) async fn with_timeout<T>(
-    timeout: Duration,
-    f: impl Future<Output = Result<T, ClientError>>,
-) -> Result<T, ClientError> {
-    tokio::time::timeout(timeout, f).await.unwrap_or_else(|_| {
-        Err(ClientError::new(
-            ClientErrorKind::Timeout,
-            format!("no answer within {timeout:?}"),
-        ))
-    })
-}
-
 /// What every stream's engine shares, and what a new one is made from.
 pub(super) struct Shared {
     pub config: ProducerConfig,
@@ -91,35 +81,6 @@ struct Slot {
     /// Since when it holds nothing (streams other than the producer's own are released after
     /// `stream_idle_timeout`).
     idle_since: Option<Instant>,
-}
-
-/// Sends a "cancelled" result if a request's task is dropped before it answers (the runtime
-/// shut down), so the engine never waits for a response that cannot come.
-struct ResponseGuard {
-    to: (usize, u64, u64),
-    tx: Option<Sender<Event>>,
-}
-
-impl ResponseGuard {
-    fn send(mut self, result: Result<Vec<PutRecordsResultEntry>, ClientError>) {
-        if let Some(tx) = self.tx.take() {
-            let (slot, generation, id) = self.to;
-            let _ = tx.send(Event(slot, generation, EventKind::Response(id, result)));
-        }
-    }
-}
-
-impl Drop for ResponseGuard {
-    fn drop(&mut self) {
-        if let Some(tx) = self.tx.take() {
-            let e = ClientError::new(
-                ClientErrorKind::Cancelled,
-                "the Tokio runtime shut down during the request",
-            );
-            let (slot, generation, id) = self.to;
-            let _ = tx.send(Event(slot, generation, EventKind::Response(id, Err(e))));
-        }
-    }
 }
 
 /// The engine's thread: moves messages in, performs actions, sleeps until the next deadline.
@@ -482,42 +443,5 @@ impl Driver {
             EventKind::StreamSettings(result) => engine.on_stream_settings(result, now),
         }
         self.touch(i);
-    }
-
-    fn perform(&self, i: usize, action: Action) {
-        let slot = self.slots[i].as_ref().expect("live slot");
-        let (generation, stream) = (slot.generation, slot.stream.clone());
-        let kinesis = self.shared.kinesis.clone();
-        let tx = self.events_tx.clone();
-        let timeout = self.shared.config.request_timeout;
-        match action {
-            Action::Send {
-                id,
-                request,
-                timeout,
-            } => {
-                let guard = ResponseGuard {
-                    to: (i, generation, id),
-                    tx: Some(tx),
-                };
-                self.shared.runtime.spawn(async move {
-                    let result = with_timeout(timeout, kinesis.put_records(request)).await;
-                    guard.send(result);
-                });
-            }
-            Action::RefreshShardMap => {
-                self.shared.runtime.spawn(async move {
-                    let result = with_timeout(timeout, kinesis.list_shards(&stream)).await;
-                    let _ = tx.send(Event(i, generation, EventKind::ShardMap(result)));
-                });
-            }
-            Action::ReadStreamSettings => {
-                self.shared.runtime.spawn(async move {
-                    let result =
-                        with_timeout(timeout, kinesis.describe_stream_summary(&stream)).await;
-                    let _ = tx.send(Event(i, generation, EventKind::StreamSettings(result)));
-                });
-            }
-        }
     }
 }
