@@ -161,6 +161,11 @@ pub struct ProducerConfig {
     /// Rate-limit per shard at all. Turn off only where the service enforces no shard limits
     /// (CPU benchmarks against a simulator with limits off).
     pub rate_limiting: bool,
+    /// Share the stream with producers it does not know of: start below the full rate and
+    /// adapt every shard's rate to the throttling met (see [`crate::limiter::RateControl`]).
+    /// `false`: always the full rate (the configured percentage); a throttle only rebuilds
+    /// the limiter's reserve.
+    pub adaptive_rate: bool,
     /// Most requests in flight at once.
     pub max_in_flight: usize,
     /// Timeout of one request.
@@ -205,6 +210,7 @@ impl Default for ProducerConfig {
             record_ttl: DEFAULT_RECORD_TTL,
             rate_limit_percent: DEFAULT_RATE_LIMIT_PERCENT,
             rate_limiting: true,
+            adaptive_rate: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             adaptive_concurrency: DEFAULT_ADAPTIVE_CONCURRENCY,

@@ -108,7 +108,8 @@ pub struct ShardStats {
     pub bytes_put: u64,
     /// Kinesis records the service throttled on it.
     pub throttles: u64,
-    /// Current rate as a fraction of the configured limit (below 1 after throttling).
+    /// Current rate as a fraction of the configured limit: the stream's rate factor, the same
+    /// for all its shards (below 1 in slow start and when other writers share the stream).
     pub rate_factor: f64,
 }
 

@@ -211,6 +211,11 @@ impl Aggregator {
         }
     }
 
+    /// Changes the size bound of the aggregates begun from now on.
+    pub fn set_max_size(&mut self, max_size: usize) {
+        self.max_size = max_size;
+    }
+
     /// Adds a user record if the aggregate stays within `max_size` and `max_count`.
     ///
     /// The size bounded is [`record_size`](Self::record_size): the Kinesis record as the

@@ -85,6 +85,22 @@ impl Engine {
         }
     }
 
+    /// The aggregate size bound at rate `factor` (see [`crate::limiter::control::aggregate_cap`]);
+    /// the aggregator follows it.
+    fn aggregate_max(&mut self, factor: f64) -> usize {
+        let max = match self.s.shard_rate {
+            Some((_, bytes)) if factor < 1.0 => {
+                crate::limiter::control::aggregate_cap(factor, bytes, self.s.aggregate_max)
+            }
+            _ => self.s.aggregate_max,
+        };
+        if max != self.aggregator_max {
+            self.aggregator_max = max;
+            self.aggregator.set_max_size(max);
+        }
+        max
+    }
+
     /// Moves what shard `i` may send now into the collector, and sets the shard's wake time;
     /// a shard stopped by the in-flight limit joins the blocked queue.
     pub(super) fn drain_shard(
@@ -96,6 +112,8 @@ impl Engine {
     ) {
         let saturated = self.saturated();
         let per_shard = self.s.config.ordering == Ordering::PerShard;
+        let factor = self.rate.factor(now);
+        let aggregate_max = self.aggregate_max(factor);
         let st = self.shards.state_mut(i);
         st.wake = None;
         while st.queue.front().is_some_and(|e| e.deadline <= now) {
@@ -130,7 +148,7 @@ impl Engine {
                     let (deadline, arrival) = (front.deadline, front.arrival);
                     let max_buffered_time = self.s.config.max_buffered_time;
                     let due = st.linger_due(max_buffered_time).expect("queue has a front");
-                    let full = st.full(self.s.aggregate_max, self.s.config.aggregation_max_count);
+                    let full = st.full(aggregate_max, self.s.config.aggregation_max_count);
                     if !full && due > now {
                         st.wake = Some(due.min(deadline));
                         break;
@@ -146,7 +164,9 @@ impl Engine {
                 ));
             }
             let size = st.sealed.as_ref().map_or(0, |r| r.size);
+            st.limiter.follow(factor, now);
             if let Err(at) = st.limiter.try_acquire(size, now) {
+                self.rate.limited();
                 st.wake = Some(head_deadline.map_or(at, |d| d.min(at)));
                 break;
             }

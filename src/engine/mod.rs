@@ -44,6 +44,7 @@ use crate::collector::{Batch, Collector};
 use crate::congestion::Concurrency;
 use crate::error::RecordError;
 use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry};
+use crate::limiter::RateControl;
 use crate::metrics::Metrics;
 use crate::record::Attempt;
 use crate::retry;
@@ -99,6 +100,8 @@ pub(crate) struct Engine {
     s: EngineSettings,
     shards: Shards,
     aggregator: Aggregator,
+    /// The aggregator's size bound: the configured one, smaller at a small rate factor.
+    aggregator_max: usize,
     collector: Collector<KRecord>,
     outbox: VecDeque<Batch<KRecord>>,
     in_flight: HashMap<u64, InFlight>,
@@ -115,6 +118,8 @@ pub(crate) struct Engine {
     endpoint: EndpointBackoff,
     concurrency: Concurrency,
     admission: Admission,
+    /// The stream's rate factor, from the throttling it meets (producers sharing it).
+    rate: RateControl,
     /// Where the next poll's round-robin order over the ready shards starts.
     round_robin: usize,
     /// Shard drains so far: tests check that a poll visits only shards with work.
@@ -136,6 +141,7 @@ impl Engine {
     ) -> Self {
         let mut engine = Engine {
             aggregator: Aggregator::new(s.aggregate_max, s.config.aggregation_max_count),
+            aggregator_max: s.aggregate_max,
             collector: Collector::new(s.config.max_records_per_request, s.request_bytes),
             refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
             settings_schedule: SettingsSchedule::new(
@@ -164,6 +170,11 @@ impl Engine {
                 s.record_limit.bytes,
                 now,
             ),
+            rate: if s.config.adaptive_rate {
+                RateControl::new(now, settings::jitter_seed())
+            } else {
+                RateControl::fixed(now)
+            },
             round_robin: 0,
             drains: 0,
             telemetry: Telemetry::new(s.stream.as_str(), stats, metrics, s.on_failure.clone(), now),
@@ -219,7 +230,7 @@ impl Engine {
         }
         let (aggregation, max_size, max_count) = (
             self.s.aggregation,
-            self.s.aggregate_max,
+            self.aggregator_max,
             self.s.config.aggregation_max_count,
         );
         // A shard lingering on a partial aggregate already has its timer: only a first record
@@ -431,8 +442,9 @@ impl Engine {
     }
 
     fn publish_stats(&mut self, now: Instant) {
+        let factor = self.rate.factor(now);
         let shards = self.shards.iter().map(|s| ShardStats {
-            rate_factor: s.limiter.rate_factor(),
+            rate_factor: factor,
             ..s.telemetry.stats.clone()
         });
         self.telemetry

@@ -48,6 +48,7 @@ impl Engine {
                         &mut st.telemetry
                     });
                     self.telemetry.stored(record.size, telemetry);
+                    self.rate.answered(record.size, false, now);
                     let attempt = Attempt {
                         start,
                         duration,
@@ -66,7 +67,9 @@ impl Engine {
                     self.returned(&record);
                     self.telemetry.error(&code);
                     let decision = retry::classify_code(&code);
-                    if decision == (Decision::Retry { throttled: true }) {
+                    let throttled = decision == (Decision::Retry { throttled: true });
+                    self.rate.answered(record.size, throttled, now);
+                    if throttled {
                         if let Some(st) = self.shards.by_id(&record.shard) {
                             st.limiter.on_throttle(now);
                             self.telemetry.throttled(&mut st.telemetry);
@@ -161,6 +164,7 @@ impl Engine {
         for (i, record) in records.into_iter().enumerate() {
             self.returned(&record);
             if decision == (Decision::Retry { throttled: true }) {
+                self.rate.answered(record.size, true, now);
                 if let Some(st) = self.shards.by_id(&record.shard) {
                     st.limiter.on_throttle(now);
                 }

@@ -68,7 +68,7 @@ impl Telemetry {
     /// Counters and handles for a shard new to the map.
     pub fn shard(&self, shard_id: &str) -> ShardTelemetry {
         ShardTelemetry {
-            // `rate_factor` comes from the shard's limiter when the stats are published.
+            // `rate_factor` comes from the stream's rate controller when the stats are published.
             stats: ShardStats {
                 shard_id: shard_id.to_string(),
                 ..Default::default()

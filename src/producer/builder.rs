@@ -88,6 +88,8 @@ impl ProducerBuilder {
         rate_limit_percent: u32;
         /// Per-shard rate limiting on or off (default on).
         rate_limiting: bool;
+        /// Adapt the rate to producers sharing the stream (default on).
+        adaptive_rate: bool;
         /// Most requests in flight at once.
         max_in_flight: usize;
         /// Timeout of one request (the shortest, with adaptive concurrency).

@@ -193,27 +193,37 @@ fn misprediction_refreshes_the_map_without_resending() {
 }
 
 #[test]
-fn throttling_backs_off_the_shard_rate() {
-    let mut h = Harness::new(1, config());
+fn throttling_backs_off_the_streams_rate() {
+    let mut h = Harness::new(
+        1,
+        ProducerConfig {
+            adaptive_rate: true,
+            ..config()
+        },
+    );
     let throttled = || Ok(vec![err_entry("ProvisionedThroughputExceededException")]);
+    // Slow start: the full rate within a few windows.
+    h.advance(crate::limiter::control::WINDOW * 20);
+    assert_eq!(h.engine.rate.factor(h.now), 1.0);
     let _a = h.add_to(0, 1, "a", "1");
     h.advance(Duration::from_millis(100));
     let (id, _) = h.poll().pop().unwrap();
     h.engine.on_response(id, throttled(), h.now);
-    assert_eq!(
-        h.engine.shards[0].limiter.rate_factor(),
-        1.0,
-        "a lone throttle"
-    );
-    h.advance(Duration::from_millis(500));
+    h.advance(crate::limiter::control::WINDOW * 2);
     let (id, _) = h
         .poll_after_window()
         .pop()
         .expect("retried after the back-off");
+    assert_eq!(h.engine.rate.current(), 1.0, "a lone throttled window");
     h.engine.on_response(id, throttled(), h.now);
+    h.advance(crate::limiter::control::WINDOW * 2);
+    let _ = h.poll_after_window();
+    let f = h.engine.rate.current();
+    assert!(f < 1.0, "a second throttled window cuts the rate: {f}");
     assert_eq!(
         h.engine.shards[0].limiter.rate_factor(),
-        crate::limiter::DECREASE_FACTOR
+        f,
+        "the limiter follows"
     );
     assert_eq!(h.engine.shards[0].telemetry.stats.throttles, 2);
 }

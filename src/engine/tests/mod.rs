@@ -27,6 +27,7 @@ fn config() -> ProducerConfig {
         stream: Some(StreamRef::Name("s".into())),
         aggregation: false,
         adaptive_concurrency: false,
+        adaptive_rate: false,
         ..Default::default()
     }
 }

@@ -180,10 +180,16 @@ fn scratch_memory_is_given_back_after_a_burst_of_expiries() {
 }
 
 #[test]
-fn published_shard_stats_carry_the_limiters_rate_factor() {
-    let mut h = Harness::new(1, config());
-    // Throttles a second apart: the limiter cuts the shard's rate.
-    for _ in 0..2 {
+fn published_shard_stats_carry_the_streams_rate_factor() {
+    let mut h = Harness::new(
+        1,
+        ProducerConfig {
+            adaptive_rate: true,
+            ..config()
+        },
+    );
+    // Throttled windows a second apart, past slow start: the controller cuts the rate.
+    for _ in 0..3 {
         h.add_to(0, 1, "k", "d");
         h.advance(Duration::from_millis(500));
         let sent = h.poll_after_window();
@@ -193,13 +199,13 @@ fn published_shard_stats_carry_the_limiters_rate_factor() {
     }
     h.advance(STATS_PERIOD);
     let _ = h.poll();
-    let factor = h.engine.telemetry.stats.shards.lock().unwrap()[0].rate_factor;
-    let limiter = h.engine.shards.iter().next().unwrap().limiter.rate_factor();
+    let published = h.engine.telemetry.stats.shards.lock().unwrap()[0].rate_factor;
+    let factor = h.engine.rate.current();
     assert!(
-        limiter < 0.95,
-        "sustained throttles lower the shard's rate: {limiter}"
+        factor < 0.95,
+        "sustained throttles lower the rate: {factor}"
     );
-    assert_eq!(factor, limiter, "published as the limiter has it");
+    assert_eq!(published, factor, "published as the controller has it");
 }
 
 #[test]

@@ -1,34 +1,28 @@
-//! Per-shard rate limiting: token buckets for records and bytes, with back-off on throttling.
+//! Per-shard rate limiting: token buckets for records and bytes, scaled by the stream's rate
+//! controller.
 //!
 //! Each shard gets two buckets holding one second of its limit (1,000 records/s, 1 MiB/s of
-//! data + partition key, scaled by the configured percentage), refilled continuously: the same
-//! model the service applies, so a producer that never overdraws its buckets is not throttled by
-//! its own traffic.
+//! data + partition key, scaled by the configured percentage and by the factor of the stream's
+//! [`RateControl`]), refilled continuously: the same model the service applies, so a producer
+//! that never overdraws its buckets is not throttled by its own traffic.
 //!
 //! The two buckets can still drift apart by the variation in request latency: records granted
 //! over an interval reach the service together, a little earlier or later than the previous
 //! batch. So the producer keeps a [`RESERVE`] of the service's budget unspent: its buckets start
 //! that much short of full, and after a throttle (the service's bucket is empty) they are set
-//! that much below empty, which rebuilds the margin.
-//!
-//! A single throttle is treated as such drift. Throttles that keep coming (within
-//! [`SUSTAINED_WINDOW`] of each other) mean other writers share the shard: each such event (at
-//! most one per [`THROTTLE_HOLDOFF`]) cuts the shard's rate by [`DECREASE_FACTOR`], and the rate
-//! climbs back by [`RECOVERY_PER_SEC`] of the full rate per second without throttling (AIMD), so
-//! producers sharing a stream converge instead of storming. Pure: time comes in as `now`.
+//! that much below empty, which rebuilds the margin. Throttling that keeps coming means other
+//! writers share the stream; [`RateControl`] answers that. Pure: time comes in as `now`.
+
+pub(crate) mod control;
+#[cfg(test)]
+mod fleet_tests;
+
+pub use control::RateControl;
 
 use std::time::{Duration, Instant};
 
-/// Lowest fraction of the configured rate back-off can reach.
-pub const MIN_RATE_FACTOR: f64 = 0.05;
-/// Fraction of the configured rate regained per second without throttling.
-pub const RECOVERY_PER_SEC: f64 = 0.03;
 /// Throttles closer together than this count as one event.
 pub const THROTTLE_HOLDOFF: Duration = Duration::from_millis(200);
-/// A throttle within this time of the previous one means the shard is shared: cut the rate.
-pub const SUSTAINED_WINDOW: Duration = Duration::from_secs(2);
-/// Rate multiplier per sustained throttle event.
-pub const DECREASE_FACTOR: f64 = 0.7;
 /// Share of a bucket's one-second capacity kept unspent as a margin for latency variation.
 pub const RESERVE: f64 = 0.05;
 
@@ -110,7 +104,6 @@ pub struct ShardLimiter {
     base_records: f64,
     base_bytes: f64,
     factor: f64,
-    last_change: Instant,
     last_throttle: Option<Instant>,
     unlimited: bool,
 }
@@ -129,7 +122,6 @@ impl ShardLimiter {
             base_records: records_per_sec,
             base_bytes: bytes_per_sec,
             factor: 1.0,
-            last_change: now,
             last_throttle: None,
             unlimited: false,
         }
@@ -144,26 +136,18 @@ impl ShardLimiter {
         }
     }
 
-    /// Current fraction of the configured rate (1.0 without recent throttling).
+    /// The fraction of the configured rate in force.
     pub fn rate_factor(&self) -> f64 {
         self.factor
     }
 
-    fn recover(&mut self, now: Instant) {
-        let secs = now
-            .saturating_duration_since(self.last_change)
-            .as_secs_f64();
-        let factor = (self.factor + secs * RECOVERY_PER_SEC).min(1.0);
-        if factor != self.factor {
-            self.apply(factor, now);
+    /// Scales the configured rate by `factor` (the stream's [`RateControl`]) from `now` on.
+    pub fn follow(&mut self, factor: f64, now: Instant) {
+        if factor != self.factor && !self.unlimited {
+            self.factor = factor;
+            self.records.set_rate(self.base_records * factor, now);
+            self.bytes.set_rate(self.base_bytes * factor, now);
         }
-    }
-
-    fn apply(&mut self, factor: f64, now: Instant) {
-        self.factor = factor;
-        self.last_change = now;
-        self.records.set_rate(self.base_records * factor, now);
-        self.bytes.set_rate(self.base_bytes * factor, now);
     }
 
     /// When a Kinesis record of `bytes` could be sent: `now` if both buckets allow it.
@@ -171,7 +155,6 @@ impl ShardLimiter {
         if self.unlimited {
             return now;
         }
-        self.recover(now);
         let a = self.records.ready_at(1.0, now);
         let b = self.bytes.ready_at(bytes as f64, now);
         a.max(b)
@@ -191,20 +174,16 @@ impl ShardLimiter {
     }
 
     /// The service throttled this shard: its bucket is empty, so set ours below empty by the
-    /// reserve; if throttles keep coming, cut the rate (once per hold-off).
+    /// reserve (once per [`THROTTLE_HOLDOFF`]: the throttles of one burst are one event).
     pub fn on_throttle(&mut self, now: Instant) {
-        if self.unlimited {
-            return;
-        }
-        let since_last = self.last_throttle.map(|t| now.saturating_duration_since(t));
-        if since_last.is_some_and(|d| d < THROTTLE_HOLDOFF) {
+        if self.unlimited
+            || self
+                .last_throttle
+                .is_some_and(|t| now.saturating_duration_since(t) < THROTTLE_HOLDOFF)
+        {
             return;
         }
         self.last_throttle = Some(now);
-        self.recover(now);
-        if since_last.is_some_and(|d| d < SUSTAINED_WINDOW) {
-            self.apply((self.factor * DECREASE_FACTOR).max(MIN_RATE_FACTOR), now);
-        }
         let records_level = -self.records.capacity() * RESERVE;
         let bytes_level = -self.bytes.capacity() * RESERVE;
         self.records.lower_to(records_level, now);
@@ -244,43 +223,6 @@ mod tests {
         let at = l.ready_at(500_000, t0);
         let waited = at.duration_since(t0).as_secs_f64();
         assert!((waited - 0.55).abs() < 1e-6, "{waited}");
-    }
-
-    #[test]
-    fn throttles_count_from_the_hold_off_and_cut_within_the_sustained_window() {
-        let t0 = Instant::now();
-        // Exactly the hold-off apart: a second event, within the window: the rate is cut.
-        let mut l = ShardLimiter::new(1_000.0, 1_000_000.0, t0);
-        l.on_throttle(t0);
-        l.on_throttle(t0 + THROTTLE_HOLDOFF);
-        assert_eq!(l.rate_factor(), DECREASE_FACTOR);
-        // Exactly the window apart: no longer sustained, no cut.
-        let mut l = ShardLimiter::new(1_000.0, 1_000_000.0, t0);
-        l.on_throttle(t0);
-        l.on_throttle(t0 + SUSTAINED_WINDOW);
-        assert_eq!(l.rate_factor(), 1.0);
-    }
-
-    #[test]
-    fn a_cut_slows_the_byte_rate_too() {
-        let t0 = Instant::now();
-        let t1 = t0 + SUSTAINED_WINDOW;
-        // Both throttled twice (the same debt); only the first pair is close enough to cut.
-        let mut cut = ShardLimiter::new(1_000_000.0, 100_000.0, t0);
-        cut.on_throttle(t1 - THROTTLE_HOLDOFF);
-        cut.on_throttle(t1);
-        let mut full = ShardLimiter::new(1_000_000.0, 100_000.0, t0);
-        full.on_throttle(t0);
-        full.on_throttle(t1);
-        assert!(cut.rate_factor() < 1.0 && full.rate_factor() == 1.0);
-        // Byte-bound records of 10 KB for three seconds.
-        let (slow, _) = drive(&mut cut, t1, 3, 10_000);
-        let (fast, _) = drive(&mut full, t1, 3, 10_000);
-        assert!(fast >= 25, "{fast}");
-        assert!(
-            (slow as f64) < 0.9 * fast as f64,
-            "cut {slow} vs uncut {fast} records in 3 s"
-        );
     }
 
     fn ms(n: u64) -> Duration {
@@ -339,56 +281,37 @@ mod tests {
     }
 
     #[test]
-    fn a_lone_throttle_rebuilds_the_margin_without_cutting_the_rate() {
+    fn the_throttles_of_one_burst_rebuild_the_reserve_once() {
         let t0 = Instant::now();
         let mut l = ShardLimiter::new(1000.0, 1048576.0, t0);
         l.on_throttle(t0);
-        assert_eq!(l.rate_factor(), 1.0);
         // 50 ms of budget below empty: the next record waits 51 ms
         assert_eq!(l.try_acquire(1, t0).unwrap_err(), t0 + ms(51));
-        // much later, another lone throttle: still no cut
-        l.on_throttle(t0 + Duration::from_secs(10));
-        assert_eq!(l.rate_factor(), 1.0);
+        // within the hold-off: the same burst, not lowered again
+        l.on_throttle(t0 + ms(30));
+        assert_eq!(l.try_acquire(1, t0 + ms(30)).unwrap_err(), t0 + ms(51));
+        // after it: lowered again
+        l.on_throttle(t0 + THROTTLE_HOLDOFF);
+        let at = l.try_acquire(1, t0 + THROTTLE_HOLDOFF).unwrap_err();
+        assert_eq!(at, t0 + THROTTLE_HOLDOFF + ms(51));
     }
 
     #[test]
-    fn sustained_throttling_cuts_the_rate_and_it_recovers() {
+    fn the_factor_scales_both_rates() {
         let t0 = Instant::now();
-        let mut l = ShardLimiter::new(1000.0, 1048576.0, t0);
-        l.on_throttle(t0);
-        l.on_throttle(t0 + ms(50)); // within hold-off: one event
-        assert_eq!(l.rate_factor(), 1.0);
-        l.on_throttle(t0 + ms(300)); // sustained
-        assert!((l.rate_factor() - DECREASE_FACTOR).abs() < 0.02);
-        l.on_throttle(t0 + ms(600));
-        let f = l.rate_factor();
-        assert!((f - DECREASE_FACTOR * DECREASE_FACTOR).abs() < 0.03, "{f}");
-        assert!(
-            l.try_acquire(1, t0 + ms(600)).is_err(),
-            "no tokens right after a throttle"
-        );
-        // about f * 1000 records over the next second, less the 50 ms margin
-        let (sent, now) = drive(&mut l, t0 + ms(601), 1, 1);
-        let expected = f * 1000.0;
-        assert!(
-            (sent as f64) > expected - 80.0 && (sent as f64) < expected + 40.0,
-            "{sent} vs {expected}"
-        );
-        // recovers fully within (1 - f) / RECOVERY_PER_SEC seconds
-        let _ = drive(
-            &mut l,
-            now,
-            ((1.0 - f) / RECOVERY_PER_SEC).ceil() as u64 + 1,
-            1,
-        );
-        assert_eq!(l.rate_factor(), 1.0);
-        let mut t = now + Duration::from_secs(100);
-        for _ in 0..100 {
-            l.on_throttle(t);
-            t += ms(300);
-        }
-        assert!(l.rate_factor() >= MIN_RATE_FACTOR);
-        assert!(l.rate_factor() < 0.1);
+        let mut l = ShardLimiter::new(1_000_000.0, 100_000.0, t0);
+        let (full, t1) = drive(&mut l, t0, 3, 10_000);
+        l.follow(0.5, t1);
+        assert_eq!(l.rate_factor(), 0.5);
+        let (half, t2) = drive(&mut l, t1, 3, 10_000);
+        // Byte-bound: 10 KB records, 100 KB/s then 50 KB/s (the first run had a burst).
+        assert!((30..=40).contains(&full), "{full}");
+        assert!((14..=16).contains(&half), "{half}");
+        let mut r = ShardLimiter::new(100.0, 1e9, t2);
+        r.follow(0.25, t2);
+        let (records, _) = drive(&mut r, t2 + Duration::from_secs(2), 4, 1);
+        // Record-bound: 25 a second, after a bucket of 25.
+        assert!((100..=126).contains(&records), "{records}");
     }
 
     #[test]
