@@ -45,8 +45,10 @@ pub const ALPHA: f64 = 0.05;
 pub const GAMMA: f64 = 0.1;
 /// Cut per window, per unit of throttled fraction.
 pub const BETA: f64 = 4.0;
-/// Largest cut in one window.
-pub const MAX_CUT: f64 = 0.5;
+/// Largest cut in one window. Where the service counts in fixed one-second windows (not a
+/// token bucket), a second's excess comes back throttled within one window, not spread over
+/// five: a larger cap would cut far below the limit, and a window's budget unspent is lost.
+pub const MAX_CUT: f64 = 0.2;
 /// Lowest factor.
 pub const MIN_FACTOR: f64 = 1.0 / 256.0;
 /// Growth per window in slow start.
@@ -307,15 +309,15 @@ mod tests {
     fn the_cut_follows_the_larger_of_the_record_and_byte_fractions_up_to_the_cap() {
         let (mut c, t) = at_full_rate(Instant::now());
         c.answered(10, true, t);
-        let t = after(&mut c, t); // drift
-                                  // One record in fifty, but a tenth of the bytes.
-        c.answered(4_900, true, t);
+        // That was drift; next, one record in fifty, but about 4 % of the bytes.
+        let t = after(&mut c, t);
+        c.answered(1_000, true, t);
         for _ in 0..49 {
-            c.answered(900, false, t);
+            c.answered(490, false, t);
         }
         let t = after(&mut c, t);
         let f = c.current();
-        assert!((f - (1.0 - 0.1 * BETA)).abs() < 1e-9, "{f}");
+        assert!((f - (1.0 - BETA * 1_000.0 / 25_010.0)).abs() < 1e-9, "{f}");
         c.answered(10, true, t);
         after(&mut c, t);
         assert!((c.current() - f * (1.0 - MAX_CUT)).abs() < 1e-9);
