@@ -22,7 +22,7 @@
 //!
 //! Summed over N producers at fair shares the increase is `(ALPHA + GAMMA ln N)` of the
 //! shard's rate per second and the decrease `BETA p / WINDOW`, so the throttled fraction
-//! settles near `WINDOW (ALPHA + GAMMA ln N) / BETA` (0.7 % at N = 2, 1.1 % at N = 32), growing
+//! settles near `WINDOW (ALPHA + GAMMA ln N) / BETA` (0.3 % at N = 2, 1.4 % at N = 32), growing
 //! only with `ln N`. `BETA` above 1 overshoots a cut on purpose: the service's bucket holds a
 //! second of budget, so a dip below the limit is spent later rather than lost.
 //!
@@ -30,7 +30,7 @@
 //! [`SLOW_START_GROWTH`] every window until the full rate or the first throttled window (slow
 //! start, as TCP's): a producer that joins a busy stream then starts near its share instead of
 //! at the full rate, which multiplicative control would keep. A lone producer reaches the full
-//! rate in about 1.7 s.
+//! rate in about 1.3 s.
 //!
 //! **Aggregates** are bounded by [`aggregate_cap`] while `F` is below 1, so that a small share
 //! still answers in enough Kinesis records to be measured. Pure: time comes in as `now`.
@@ -38,9 +38,9 @@
 use std::time::{Duration, Instant};
 
 /// Nominal measurement window; each is jittered by ±25 % so producers do not act in step.
-pub const WINDOW: Duration = Duration::from_millis(200);
+pub const WINDOW: Duration = Duration::from_millis(150);
 /// Multiplicative increase per second while the rate limits and nothing is throttled.
-pub const ALPHA: f64 = 0.05;
+pub const ALPHA: f64 = 0.02;
 /// Fairness term: extra increase per second of `GAMMA * ln(1 / F)`.
 pub const GAMMA: f64 = 0.1;
 /// Cut per window, per unit of throttled fraction.

@@ -249,3 +249,47 @@ fn agg_config_limited() -> ProducerConfig {
         ..config()
     }
 }
+
+/// Below the full rate (here slow start, from 1/32 of a shard's 1 MiB/s) aggregates are bounded
+/// to `aggregate_cap` of the factor in force; at the full rate, to the configured size again.
+#[test]
+fn aggregates_shrink_with_the_rate_factor() {
+    let cfg = ProducerConfig {
+        adaptive_rate: true,
+        ..agg_config_limited()
+    };
+    let mut h = Harness::new(1, cfg);
+    // The largest Kinesis record sent for 400 records of 100 bytes, and the largest cap in
+    // force meanwhile (the factor only grows in slow start).
+    let largest = |h: &mut Harness| {
+        for i in 0..400 {
+            h.add_to(0, 1, &format!("key-{i}"), &"x".repeat(100));
+        }
+        h.advance(Duration::from_millis(100));
+        let mut sizes = Vec::new();
+        for _ in 0..400 {
+            for (id, req) in h.poll() {
+                sizes.extend(
+                    req.records
+                        .iter()
+                        .map(|r| r.data.len() + r.partition_key.len()),
+                );
+                h.ok_all(id, &req, 1);
+            }
+            if h.engine.ledger.held() == 0 {
+                break;
+            }
+            h.advance(Duration::from_millis(10));
+        }
+        let factor = h.engine.rate.factor(h.now);
+        let cap = crate::limiter::control::aggregate_cap(factor, 1_048_576.0, 51_200);
+        (sizes.into_iter().max().expect("sent"), cap)
+    };
+    let (small, cap) = largest(&mut h);
+    assert!(small <= cap && cap < 20_000, "{small} vs {cap}");
+    h.advance(crate::limiter::control::WINDOW * 20);
+    assert_eq!(h.engine.rate.factor(h.now), 1.0);
+    let (full, cap) = largest(&mut h);
+    assert_eq!(cap, 51_200);
+    assert!(full > 30_000, "{full}");
+}
