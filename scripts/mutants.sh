@@ -18,5 +18,6 @@ exec cargo mutants --package kinesis-producer --no-shuffle --jobs "${MUTANTS_JOB
   --file 'src/limiter/*.rs' --file src/collector.rs --file src/retry.rs --file src/buffer.rs \
   --file src/congestion.rs --file src/admission.rs --file src/stream_settings.rs \
   --file 'src/engine/*.rs' \
-  --exclude '**/tests.rs' --exclude 'src/limiter/fleet_tests.rs' --exclude 'src/aggregation/testing.rs' --exclude 'src/engine/tests/*.rs' \
+  --exclude '**/tests.rs' --exclude 'src/limiter/fleet_tests.rs' \
+  --exclude 'src/aggregation/testing.rs' --exclude 'src/engine/tests/*.rs' \
   --timeout 15 --output target/mutants --cargo-arg=--lib "$@"
