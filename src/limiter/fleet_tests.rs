@@ -3,7 +3,8 @@
 //! offer twice the stream's capacity in total; a model of the service (a token bucket per shard
 //! holding one second of rate, as kinesis-sim's default) throttles record by record. Checked:
 //! utilization, throttled fraction and Jain's fairness index once converged, and again after a
-//! producer leaves and another joins. These assert convergence, not timing.
+//! producer leaves and another joins, a competing writer comes and goes, or one producer's keys
+//! are skewed; the same under fixed one-second windows. These assert convergence, not timing.
 
 use super::*;
 
@@ -427,18 +428,11 @@ fn a_competing_writer_on_one_shard_is_made_room_for() {
         fleet.run(20.0);
         fleet.shards[3].competing = 0.4;
         fleet.run(10.0);
-        let before = fleet.shards[3].accepted_bytes + fleet.shards[3].accepted_records;
         let f = fleet.measure(10.0);
         eprintln!("aggregated={aggregated}, a competing writer: {f:?}");
         assert!(f.throttle_fraction <= 0.02, "{f:?}");
-        let shard = &fleet.shards[3];
-        let (records, bytes) = if aggregated {
-            (0.0, shard.accepted_bytes + shard.accepted_records - before)
-        } else {
-            (shard.accepted_bytes + shard.accepted_records - before, 0.0)
-        };
-        let used = (bytes / SHARD_BYTES).max(records / SHARD_RECORDS) / 10.0;
-        assert!(used >= 0.55, "the fleet's part of the shared shard: {used}");
+        // The lowest shard is the shared one: the fleet has most of what the writer left.
+        assert!(f.utilization_min >= 0.55, "{f:?}");
         fleet.shards[3].competing = 0.0;
         fleet.run(10.0);
         assert_converged(&fleet.measure(10.0), "10-20 s after the writer stopped");

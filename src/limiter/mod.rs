@@ -13,7 +13,7 @@
 //! that much below empty, which rebuilds the margin. Throttling that keeps coming means other
 //! writers share the stream; [`RateControl`] answers that. Pure: time comes in as `now`.
 
-pub(crate) mod control;
+pub mod control;
 #[cfg(test)]
 mod fleet_tests;
 
