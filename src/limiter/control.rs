@@ -129,9 +129,9 @@ impl RateControl {
 
     /// A controller that always gives the full rate.
     pub fn fixed(now: Instant) -> Self {
+        // (`advance` returns at once: the windows and slow start are never looked at.)
         RateControl {
             factor: 1.0,
-            slow_start: false,
             fixed: true,
             ..Self::new(now, 1)
         }
@@ -342,6 +342,40 @@ mod tests {
         let before = c.current();
         after(&mut c, t1);
         assert_eq!(c.current(), before);
+    }
+
+    #[test]
+    fn a_window_closes_at_its_end_and_throttles_exactly_the_sustained_time_apart_are_drift() {
+        let t0 = Instant::now();
+        let mut c = RateControl::new(t0, 5);
+        let end = c.window_end;
+        c.factor(end - Duration::from_nanos(1));
+        assert_eq!(c.current(), START_FACTOR, "open until its end");
+        c.factor(end);
+        assert_eq!(
+            c.current(),
+            START_FACTOR * SLOW_START_GROWTH,
+            "closed at its end"
+        );
+        let (mut c, t) = at_full_rate(t0);
+        c.answered(1000, true, t);
+        let t1 = after(&mut c, t); // drift, at t1
+        let w0 = t1 + SUSTAINED - Duration::from_millis(200);
+        c.answered(1000, true, w0);
+        c.factor(t1 + SUSTAINED);
+        assert_eq!(c.current(), 1.0, "the sustained time apart: drift again");
+    }
+
+    #[test]
+    fn a_fixed_controller_keeps_the_full_rate_whatever_is_throttled() {
+        let t0 = Instant::now();
+        let mut c = RateControl::fixed(t0);
+        let mut t = t0;
+        for _ in 0..10 {
+            c.answered(1000, true, t);
+            t = after(&mut c, t);
+        }
+        assert_eq!(c.factor(t), 1.0);
     }
 
     #[test]
