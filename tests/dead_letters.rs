@@ -102,6 +102,9 @@ async fn a_full_channel_drops_and_counts_and_the_producer_keeps_serving() {
         assert!(f.await.is_err());
     }
     sim.set_faults("full", Faults::default()).unwrap();
+    // The failures in a row put all sending in back-off (100 ms doubling, jittered): let it
+    // run out, or the next record could spend its 500 ms TTL waiting for it (seen under load).
+    tokio::time::sleep(Duration::from_secs(2)).await;
     p.add(UserRecord::new("k", "later"))
         .await
         .unwrap()
