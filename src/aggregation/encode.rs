@@ -211,6 +211,11 @@ impl Aggregator {
         }
     }
 
+    /// The size bound of the aggregates begun now.
+    pub fn max_size(&self) -> usize {
+        self.max_size
+    }
+
     /// Changes the size bound of the aggregates begun from now on.
     pub fn set_max_size(&mut self, max_size: usize) {
         self.max_size = max_size;

@@ -94,10 +94,7 @@ impl Engine {
             }
             _ => self.s.aggregate_max,
         };
-        if max != self.aggregator_max {
-            self.aggregator_max = max;
-            self.aggregator.set_max_size(max);
-        }
+        self.aggregator.set_max_size(max);
         max
     }
 
@@ -128,6 +125,7 @@ impl Engine {
             return;
         }
         st.backoff_until = None;
+        st.limiter.follow(factor, now);
         if per_shard && st.outstanding.get() > 0 {
             // Woken when its outstanding count falls to 0 (`returned`).
             st.wake = head_deadline;
@@ -164,7 +162,6 @@ impl Engine {
                 ));
             }
             let size = st.sealed.as_ref().map_or(0, |r| r.size);
-            st.limiter.follow(factor, now);
             if let Err(at) = st.limiter.try_acquire(size, now) {
                 self.rate.limited();
                 st.wake = Some(head_deadline.map_or(at, |d| d.min(at)));

@@ -100,8 +100,6 @@ pub(crate) struct Engine {
     s: EngineSettings,
     shards: Shards,
     aggregator: Aggregator,
-    /// The aggregator's size bound: the configured one, smaller at a small rate factor.
-    aggregator_max: usize,
     collector: Collector<KRecord>,
     outbox: VecDeque<Batch<KRecord>>,
     in_flight: HashMap<u64, InFlight>,
@@ -141,7 +139,6 @@ impl Engine {
     ) -> Self {
         let mut engine = Engine {
             aggregator: Aggregator::new(s.aggregate_max, s.config.aggregation_max_count),
-            aggregator_max: s.aggregate_max,
             collector: Collector::new(s.config.max_records_per_request, s.request_bytes),
             refresh: RefreshSchedule::new(s.config.shard_map_refresh_interval, now),
             settings_schedule: SettingsSchedule::new(
@@ -230,7 +227,7 @@ impl Engine {
         }
         let (aggregation, max_size, max_count) = (
             self.s.aggregation,
-            self.aggregator_max,
+            self.aggregator.max_size(),
             self.s.config.aggregation_max_count,
         );
         // A shard lingering on a partial aggregate already has its timer: only a first record

@@ -85,7 +85,6 @@ impl Engine {
             self.s.aggregate_max,
             self.s.config.aggregation_max_count,
         );
-        self.aggregator_max = self.s.aggregate_max;
         self.admission
             .set_max_record_size(self.s.record_limit.bytes);
     }
