@@ -1,7 +1,7 @@
 //! The pure pieces of the pipeline, and the whole `add` → request path into a discarding sink.
 //!
 //! * `hash_key`: MD5 of 8, 16, 32 and 64-byte partition keys.
-//! * `shard_lookup`: binary search in maps of 1, 64 and 4,096 evenly split shards.
+//! * `shard_lookup`: maps of 1, 64, 4,096 and 10,000 evenly split shards.
 //! * `collector`: packing 100-byte records (count-bound requests of 500) and 50 KB aggregates
 //!   (byte-bound requests of 5 MiB).
 //! * `pipeline`: `Producer::add` (tracked, futures dropped) and `add_untracked` of 100-byte
@@ -66,7 +66,7 @@ fn bench_hash_key(c: &mut Criterion) {
 fn bench_shard_lookup(c: &mut Criterion) {
     let mut group = c.benchmark_group("shard_lookup");
     let keys = hash_keys(1024);
-    for n in [1u32, 64, 4096] {
+    for n in [1u32, 64, 4096, 10_000] {
         let map = ShardMap::new(even_shards(n));
         group.throughput(Throughput::Elements(keys.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &map, |b, map| {

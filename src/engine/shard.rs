@@ -41,7 +41,8 @@ use std::time::Instant;
 pub(super) struct Shards {
     pub map: ShardMap,
     states: Vec<ShardState>,
-    index: HashMap<Arc<str>, usize>,
+    /// Shard id → position (foldhash: every answered Kinesis record looks its shard up here).
+    index: HashMap<Arc<str>, usize, foldhash::fast::RandomState>,
     predict: bool,
     ready: VecDeque<usize>,
     blocked: VecDeque<usize>,
@@ -49,7 +50,7 @@ pub(super) struct Shards {
     /// The next [`ShardState::uid`].
     next_uid: u64,
     /// Position of each live state by uid.
-    by_uid: HashMap<u64, usize>,
+    by_uid: HashMap<u64, usize, foldhash::fast::RandomState>,
     /// Retired states that had Kinesis records outstanding → the states (uids) that took over
     /// their range and inherited the count (a state retired in turn passes it on).
     heirs: HashMap<u64, Vec<u64>>,
@@ -60,13 +61,13 @@ impl Shards {
         Shards {
             map: ShardMap::default(),
             states: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             predict,
             ready: VecDeque::new(),
             blocked: VecDeque::new(),
             timers: BinaryHeap::new(),
             next_uid: 1,
-            by_uid: HashMap::new(),
+            by_uid: HashMap::default(),
             heirs: HashMap::new(),
         }
     }

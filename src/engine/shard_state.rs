@@ -49,6 +49,10 @@ pub(super) struct ShardState {
     pub(super) ready: bool,
     /// In the blocked queue.
     pub(super) blocked: bool,
+    /// User records in the last aggregate built here: the next one's entry list is allocated
+    /// at that size, not grown by doubling (each step a copy of every entry so far, and the
+    /// list half empty on average).
+    last_aggregate_len: usize,
 }
 
 impl ShardState {
@@ -69,6 +73,7 @@ impl ShardState {
             timer: None,
             ready: false,
             blocked: false,
+            last_aggregate_len: 0,
         }
     }
 
@@ -174,7 +179,9 @@ impl ShardState {
         }
         let mut entries = match scope {
             AggregationScope::Shard => {
-                let mut entries = vec![first];
+                let mut entries =
+                    Vec::with_capacity(self.last_aggregate_len.clamp(1, self.queue.len() + 1));
+                entries.push(first);
                 while let Some(next) = self.queue.front().filter(|e| !e.plain) {
                     let r = &next.record;
                     let (key, ehk) = (&r.partition_key, r.explicit_hash_key.as_deref());
@@ -192,6 +199,7 @@ impl ShardState {
             }
         };
         let aggregate = aggregator.finish().expect("aggregate holds records");
+        self.last_aggregate_len = entries.len();
         if entries.len() == 1 {
             return KRecord::single(shard, self.uid, entries.pop().expect("one entry"));
         }
