@@ -215,7 +215,7 @@ impl Engine {
     /// since `add` checked it).
     fn queue_record(&mut self, entry: Entry, now: Instant) {
         // `add` checked it against the settings it saw; they may have changed since.
-        if let Some(error) = self.unfit(&entry.record) {
+        if let Some(error) = self.unfit(&entry) {
             self.resolve(
                 entry,
                 Err(RecordError::Invalid {

@@ -19,7 +19,6 @@ use super::Engine;
 use crate::error::{RecordError, ValidationError};
 use crate::kinesis::{ClientError, StreamSummary};
 use crate::producer::too_large;
-use crate::record::UserRecord;
 use crate::stream_settings::{ReadOutcome, StreamSettings};
 use std::time::Instant;
 
@@ -90,11 +89,11 @@ impl Engine {
     }
 
     /// Why a record no longer meets the stream's settings, if it does not.
-    pub(super) fn unfit(&self, record: &UserRecord) -> Option<ValidationError> {
-        if self.s.predict && record.is_unkeyed() {
+    pub(super) fn unfit(&self, e: &Entry) -> Option<ValidationError> {
+        if self.s.predict && e.key.is_empty() {
             return Some(ValidationError::PartitionKeyRequired);
         }
-        too_large(record, self.s.record_limit)
+        too_large(e.data.len(), e.key.len(), self.s.record_limit)
     }
 
     /// Takes back every record that has not left, re-installs the map under the settings in
@@ -116,7 +115,7 @@ impl Engine {
         self.install_map(map, now);
         let mut keep = Vec::with_capacity(unsent.len());
         for mut e in unsent {
-            match self.unfit(&e.record) {
+            match self.unfit(&e) {
                 Some(error) => {
                     let attempts = std::mem::take(&mut e.attempts);
                     self.resolve(e, Err(RecordError::Invalid { error, attempts }));

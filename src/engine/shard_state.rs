@@ -171,9 +171,8 @@ impl ShardState {
         if !aggregation || first.plain || self.queue.is_empty() {
             return KRecord::single(shard, self.uid, first);
         }
-        let r = &first.record;
         if let TryPush::NoCapacity =
-            aggregator.try_push(&r.partition_key, r.explicit_hash_key.as_deref(), &r.data)
+            aggregator.try_push(&first.key, first.explicit_hash_key.as_deref(), &first.data)
         {
             return KRecord::single(shard, self.uid, first);
         }
@@ -183,9 +182,8 @@ impl ShardState {
                     Vec::with_capacity(self.last_aggregate_len.clamp(1, self.queue.len() + 1));
                 entries.push(first);
                 while let Some(next) = self.queue.front().filter(|e| !e.plain) {
-                    let r = &next.record;
-                    let (key, ehk) = (&r.partition_key, r.explicit_hash_key.as_deref());
-                    match aggregator.try_push(key, ehk, &r.data) {
+                    let ehk = next.explicit_hash_key.as_deref();
+                    match aggregator.try_push(&next.key, ehk, &next.data) {
                         TryPush::Added => entries.push(self.pop_front().expect("front exists")),
                         TryPush::NoCapacity => break,
                     }
@@ -210,7 +208,7 @@ impl ShardState {
             // Every sub-record has the first one's hash key, which the outer record carries as
             // the user gave it: its explicit hash key, or none (the partition key's MD5 is the
             // hash key), as a plain record of that key would.
-            AggregationScope::PartitionKey => entries[0].record.explicit_hash_key.clone(),
+            AggregationScope::PartitionKey => entries[0].explicit_hash_key.clone(),
         };
         let oldest = entries.iter().map(|e| e.arrival).min().expect("entries");
         KRecord {
@@ -248,8 +246,8 @@ impl ShardState {
     /// hash key are never reordered, as [`crate::config::Ordering::PerShard`] needs. The records
     /// passed over have other hash keys; they only wait for a later Kinesis record.
     fn take_same_key(&mut self, aggregator: &mut Aggregator, first: &Entry) -> Vec<Entry> {
-        let (key, hash) = (&first.record.partition_key, first.hash_key);
-        let same = |e: &Entry| !e.plain && e.hash_key == hash && e.record.partition_key == *key;
+        let (key, hash) = (&first.key, first.hash_key);
+        let same = |e: &Entry| !e.plain && e.hash_key == hash && e.key == *key;
         let mut last = None;
         let mut passed = 0;
         for (i, e) in self.queue.iter().enumerate() {
@@ -263,8 +261,8 @@ impl ShardState {
             if !same(e) {
                 break;
             }
-            let ehk = e.record.explicit_hash_key.as_deref();
-            match aggregator.try_push(key, ehk, &e.record.data) {
+            let ehk = e.explicit_hash_key.as_deref();
+            match aggregator.try_push(key, ehk, &e.data) {
                 TryPush::Added => (last, passed) = (Some(i), 0),
                 TryPush::NoCapacity => break,
             }

@@ -139,13 +139,13 @@ impl Telemetry {
         self.metrics.failed.increment(1);
         if e.reply.is_none() {
             if let Some(cb) = &self.on_failure {
-                cb(&e.record, error);
+                cb(&e.record(), error);
             }
         }
         if let Some((stream, tx)) = &self.dead_letters {
             let letter = DeadLetter {
                 stream: stream.clone(),
-                record: e.record.clone(),
+                record: e.record(),
                 hash_key: e.hash_key,
                 error: error.clone(),
             };

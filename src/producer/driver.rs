@@ -365,7 +365,7 @@ impl Driver {
     fn on_msg(&mut self, msg: Msg, now: Instant) {
         match msg {
             Msg::Record(entry) => {
-                let i = match &entry.record.stream {
+                let i = match &entry.stream {
                     None => 0,
                     Some(name) => self.slot_for(name, now),
                 };

@@ -162,18 +162,18 @@ impl Producer {
         // An `add` that waited for room while `shutdown()` ran must not slip in after the
         // engine stopped (it would never be counted, and an untracked record would vanish).
         if self.inner.closed.load(AtomicOrdering::Acquire) {
-            self.inner.gauge.release(1, entry.record.size());
+            self.inner.gauge.release(1, entry.size());
             return Err(AddError::ShutDown {
-                record: entry.record,
+                record: entry.into_record(),
             });
         }
         self.inner.tx.send(Msg::Record(entry)).map_err(|e| {
             let Msg::Record(entry) = e.into_inner() else {
                 unreachable!("sent a record")
             };
-            self.inner.gauge.release(1, entry.record.size());
+            self.inner.gauge.release(1, entry.size());
             AddError::ShutDown {
-                record: entry.record,
+                record: entry.into_record(),
             }
         })
     }
@@ -182,7 +182,7 @@ impl Producer {
     pub async fn add(&self, record: UserRecord) -> Result<PendingRecord, AddError> {
         let (tx, rx) = oneshot::channel();
         let entry = self.prepare(record, Some(tx))?;
-        self.inner.gauge.acquire(entry.record.size()).await;
+        self.inner.gauge.acquire(entry.size()).await;
         self.send(entry)?;
         Ok(PendingRecord { rx })
     }
@@ -192,7 +192,7 @@ impl Producer {
     pub fn try_add(&self, record: UserRecord) -> Result<PendingRecord, AddError> {
         let (tx, rx) = oneshot::channel();
         let entry = self.prepare(record, Some(tx))?;
-        if !self.inner.gauge.try_acquire(entry.record.size()) {
+        if !self.inner.gauge.try_acquire(entry.size()) {
             let g = &self.inner.gauge;
             let (withheld_records, withheld_bytes) = g.withheld();
             return Err(AddError::BufferFull {
@@ -200,7 +200,7 @@ impl Producer {
                 buffered_bytes: g.bytes_held(),
                 max_records: g.max_records.saturating_sub(withheld_records),
                 max_bytes: g.max_bytes.saturating_sub(withheld_bytes),
-                record: entry.record,
+                record: entry.into_record(),
             });
         }
         self.send(entry)?;
@@ -218,7 +218,7 @@ impl Producer {
     /// `on_untracked_failure` callback.
     pub async fn add_untracked(&self, record: UserRecord) -> Result<(), AddError> {
         let entry = self.prepare(record, None)?;
-        self.inner.gauge.acquire(entry.record.size()).await;
+        self.inner.gauge.acquire(entry.size()).await;
         self.send(entry)
     }
 
@@ -288,7 +288,7 @@ pub(crate) fn validate(
             });
         }
     }
-    if let Some(e) = too_large(record, limit) {
+    if let Some(e) = too_large(record.data.len(), record.partition_key.len(), limit) {
         return Err(e);
     }
     let size = record.size();
@@ -311,12 +311,16 @@ pub(crate) fn validate(
 
 /// The error for a record over the limit in force, if it is (`add`, and queued records when the
 /// stream lowers its limit).
-pub(crate) fn too_large(record: &UserRecord, limit: RecordLimit) -> Option<ValidationError> {
-    let size = record.size();
+pub(crate) fn too_large(
+    data_bytes: usize,
+    key_bytes: usize,
+    limit: RecordLimit,
+) -> Option<ValidationError> {
+    let size = data_bytes + key_bytes;
     (size > limit.bytes).then(|| ValidationError::RecordTooLarge {
-        data_bytes: record.data.len(),
+        data_bytes,
         // At most 256 characters of at most 4 bytes: checked before.
-        key_bytes: record.partition_key.len().min(u16::MAX as usize) as u16,
+        key_bytes: key_bytes.min(u16::MAX as usize) as u16,
         size,
         limit: limit.bytes,
         limit_from: limit.from,
