@@ -12,6 +12,10 @@ use crate::retry::Backoff;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
+/// How far the rate factor must rise above the one at which shards were last held back by
+/// their limiters before they are woken to work their waits out again (see `Shards::limit`).
+const LIMITED_REWAKE: f64 = 1.25;
+
 /// Whole-request failures in a row after which all sending backs off.
 const ENDPOINT_BACKOFF_AFTER: u32 = 2;
 
@@ -72,6 +76,12 @@ impl Engine {
     /// visited, never to the shard count.
     pub(super) fn drain_ready(&mut self, now: Instant, flushing: bool, expired: &mut Vec<Entry>) {
         self.shards.fire_timers(now);
+        let factor = self.rate.factor(now);
+        if factor >= self.limited_at * LIMITED_REWAKE {
+            self.shards.wake_limited();
+            self.limited_at = factor;
+        }
+        self.limited_at = self.limited_at.min(factor);
         self.round_robin = self.round_robin.wrapping_add(1);
         self.shards.rotate_ready(self.round_robin);
         while let Some(i) = self.shards.next_to_drain(!self.saturated()) {
@@ -165,6 +175,7 @@ impl Engine {
             if let Err(at) = st.limiter.try_acquire(size, now) {
                 self.rate.limited();
                 st.wake = Some(head_deadline.map_or(at, |d| d.min(at)));
+                self.shards.limit(i);
                 break;
             }
             let record = st.sealed.take().expect("sealed record");

@@ -120,6 +120,9 @@ pub(crate) struct Engine {
     rate: RateControl,
     /// Where the next poll's round-robin order over the ready shards starts.
     round_robin: usize,
+    /// The rate factor when shards held back by their limiters were last woken, or the lowest
+    /// since (see `Shards::limit`).
+    limited_at: f64,
     /// Shard drains so far: tests check that a poll visits only shards with work.
     drains: u64,
     telemetry: Telemetry,
@@ -173,6 +176,7 @@ impl Engine {
                 RateControl::fixed(now)
             },
             round_robin: 0,
+            limited_at: 1.0,
             drains: 0,
             telemetry: Telemetry::new(s.stream.as_str(), stats, metrics, s.on_failure.clone(), now),
             scratch: Vec::new(),

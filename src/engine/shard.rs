@@ -25,6 +25,12 @@
 //!   costs one drain, which pushes the right time.
 //! - the **blocked queue** (FIFO, flagged): shards that had work when the in-flight limit was
 //!   saturated. They are drained, oldest first, as capacity frees, before newer ready shards.
+//! - the **limited list** (flagged): shards whose limiter held a record back. Their timers
+//!   were set at the rate in force then; when the stream's rate factor rises well above it
+//!   (slow start, recovery after a cut), they are all made ready so that their wait is worked
+//!   out again at the new rate. (A 1 MiB record taken at a factor of 1/20 leaves a debt that
+//!   takes 20 s to refill at that rate, and under one second at the full rate.) Costs a pass
+//!   over the limited shards once per such rise.
 
 use super::entry::{Entry, KRecord};
 pub(super) use super::shard_state::ShardState;
@@ -46,6 +52,7 @@ pub(super) struct Shards {
     predict: bool,
     ready: VecDeque<usize>,
     blocked: VecDeque<usize>,
+    limited: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// The next [`ShardState::uid`].
     next_uid: u64,
@@ -65,6 +72,7 @@ impl Shards {
             predict,
             ready: VecDeque::new(),
             blocked: VecDeque::new(),
+            limited: Vec::new(),
             timers: BinaryHeap::new(),
             next_uid: 1,
             by_uid: HashMap::default(),
@@ -133,6 +141,24 @@ impl Shards {
         if !st.blocked {
             st.blocked = true;
             self.blocked.push_back(i);
+        }
+    }
+
+    /// Shard `i`'s limiter held a record back, its wait worked out at the rate in force.
+    pub fn limit(&mut self, i: usize) {
+        let st = &mut self.states[i];
+        if !st.limited {
+            st.limited = true;
+            self.limited.push(i);
+        }
+    }
+
+    /// The rate rose: every shard its limiter held back is drained at the next poll, to work
+    /// its wait out again.
+    pub fn wake_limited(&mut self) {
+        for i in std::mem::take(&mut self.limited) {
+            self.states[i].limited = false;
+            self.mark_ready(i);
         }
     }
 
@@ -306,9 +332,10 @@ impl Shards {
         // Positions changed: rebuild the ready, blocked and timer sets from scratch.
         self.ready.clear();
         self.blocked.clear();
+        self.limited.clear();
         self.timers.clear();
         for st in &mut self.states {
-            (st.ready, st.blocked, st.timer) = (false, false, None);
+            (st.ready, st.blocked, st.limited, st.timer) = (false, false, false, None);
         }
         self.mark_all_held();
         let mut orphans: Vec<ShardState> = old.into_values().collect();

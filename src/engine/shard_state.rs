@@ -49,6 +49,8 @@ pub(super) struct ShardState {
     pub(super) ready: bool,
     /// In the blocked queue.
     pub(super) blocked: bool,
+    /// In the limited list.
+    pub(super) limited: bool,
     /// User records in the last aggregate built here: the next one's entry list is allocated
     /// at that size, not grown by doubling (each step a copy of every entry so far, and the
     /// list half empty on average).
@@ -73,6 +75,7 @@ impl ShardState {
             timer: None,
             ready: false,
             blocked: false,
+            limited: false,
             last_aggregate_len: 0,
         }
     }

@@ -271,3 +271,42 @@ fn each_request_records_how_many_user_records_it_carries() {
         .collect();
     assert_eq!(per_request, vec![7.0], "two aggregates of 4 and 3 records");
 }
+
+/// In slow start (1/32 of the rate) a record of nearly 1 MiB leaves the shard's limiter a debt
+/// that takes about 30 s to refill at that rate, and the shard's timer is set by it. As the
+/// rate rises, the shard is woken to work its wait out again: the next record goes within
+/// about a second of the full rate, not after the debt at the slow-start rate (and not past
+/// its 30 s TTL).
+#[test]
+fn a_shard_held_back_at_a_low_rate_is_woken_as_the_rate_rises() {
+    let mut h = Harness::new(
+        1,
+        ProducerConfig {
+            adaptive_rate: true,
+            ..config()
+        },
+    );
+    let _big = h.add_to(0, 1, "big", &"x".repeat(1_000_000));
+    h.advance(Duration::from_millis(100));
+    let (id, req) = h
+        .poll_after_window()
+        .pop()
+        .expect("the bucket was full: sent at once");
+    h.ok_all(id, &req, 1);
+    let t0 = h.now;
+    let mut small = h.add_to(0, 1, "small", "1");
+    let mut sent = None;
+    while sent.is_none() && h.now < t0 + Duration::from_secs(40) {
+        h.advance(Duration::from_millis(50));
+        sent = h.poll().pop();
+    }
+    let (id, req) = sent.expect("sent within 40 s");
+    let waited = h.now - t0;
+    assert!(
+        waited < Duration::from_secs(3),
+        "sent {waited:?} after it was added; the rate factor is {}",
+        h.engine.rate.current()
+    );
+    h.ok_all(id, &req, 1);
+    assert!(outcome(&mut small).is_ok());
+}
