@@ -296,9 +296,16 @@ fn a_shard_held_back_at_a_low_rate_is_woken_as_the_rate_rises() {
     let t0 = h.now;
     let mut small = h.add_to(0, 1, "small", "1");
     let mut sent = None;
+    // Drains while the rate is already full and the record waits for the debt: once woken
+    // at the full rate, the shard waits for its timer (not a drain per poll).
+    let mut drains_at_full_rate = 0;
     while sent.is_none() && h.now < t0 + Duration::from_secs(40) {
         h.advance(Duration::from_millis(50));
+        let (full, before) = (h.engine.rate.current() == 1.0, h.engine.drains);
         sent = h.poll().pop();
+        if full && sent.is_none() {
+            drains_at_full_rate += h.engine.drains - before;
+        }
     }
     let (id, req) = sent.expect("sent within 40 s");
     let waited = h.now - t0;
@@ -306,6 +313,10 @@ fn a_shard_held_back_at_a_low_rate_is_woken_as_the_rate_rises() {
         waited < Duration::from_secs(3),
         "sent {waited:?} after it was added; the rate factor is {}",
         h.engine.rate.current()
+    );
+    assert!(
+        drains_at_full_rate <= 2,
+        "{drains_at_full_rate} drains while the shard waited at the full rate"
     );
     h.ok_all(id, &req, 1);
     assert!(outcome(&mut small).is_ok());
