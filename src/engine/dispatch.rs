@@ -86,7 +86,7 @@ impl Engine {
         self.shards.rotate_ready(self.round_robin);
         while let Some(i) = self.shards.next_to_drain(!self.saturated()) {
             self.drains += 1;
-            self.drain_shard(i, now, flushing, expired);
+            self.drain_shard(i, now, factor, flushing, expired);
             let st = self.shards.state_mut(i);
             st.shrink_idle();
             if let Some(at) = st.wake {
@@ -108,18 +108,19 @@ impl Engine {
         max
     }
 
-    /// Moves what shard `i` may send now into the collector, and sets the shard's wake time;
-    /// a shard stopped by the in-flight limit joins the blocked queue.
-    pub(super) fn drain_shard(
+    /// Moves what shard `i` may send now, at the stream's rate `factor`, into the collector,
+    /// and sets the shard's wake time; a shard stopped by the in-flight limit joins the blocked
+    /// queue.
+    fn drain_shard(
         &mut self,
         i: usize,
         now: Instant,
+        factor: f64,
         flushing: bool,
         expired: &mut Vec<Entry>,
     ) {
         let saturated = self.saturated();
         let per_shard = self.s.config.ordering == Ordering::PerShard;
-        let factor = self.rate.factor(now);
         let aggregate_max = self.aggregate_max(factor);
         let st = self.shards.state_mut(i);
         st.wake = None;
