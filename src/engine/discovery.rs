@@ -202,7 +202,7 @@ impl Engine {
     pub(super) fn poll_discovery(&mut self, now: Instant, all: bool) {
         while let Some(d) = self.discovery.as_mut() {
             let Some(e) = d.waiting.front() else { break };
-            if !all && e.deadline > now {
+            if !all && e.deadline(self.s.config.record_ttl) > now {
                 break;
             }
             let e = d.waiting.pop_front().expect("front");
@@ -219,6 +219,6 @@ impl Engine {
         self.discovery
             .as_ref()
             .and_then(|d| d.waiting.front())
-            .map(|e| e.deadline)
+            .map(|e| e.deadline(self.s.config.record_ttl))
     }
 }

@@ -122,12 +122,13 @@ impl Engine {
         let saturated = self.saturated();
         let per_shard = self.s.config.ordering == Ordering::PerShard;
         let aggregate_max = self.aggregate_max(factor);
+        let ttl = self.s.config.record_ttl;
         let st = self.shards.state_mut(i);
         st.wake = None;
-        while st.queue.front().is_some_and(|e| e.deadline <= now) {
+        while st.queue.front().is_some_and(|e| e.deadline(ttl) <= now) {
             expired.push(st.pop_front().expect("front exists"));
         }
-        let head_deadline = st.queue.front().map(|e| e.deadline);
+        let head_deadline = st.queue.front().map(|e| e.deadline(ttl));
         if !st.holds() {
             return;
         }
@@ -154,7 +155,7 @@ impl Engine {
             if st.sealed.is_none() {
                 let Some(front) = st.queue.front() else { break };
                 if self.s.aggregation && !flushing {
-                    let (deadline, arrival) = (front.deadline, front.arrival);
+                    let (deadline, arrival) = (front.deadline(ttl), front.arrival);
                     let max_buffered_time = self.s.config.max_buffered_time;
                     let due = st.linger_due(max_buffered_time).expect("queue has a front");
                     let full = st.full(aggregate_max, self.s.config.aggregation_max_count);
@@ -196,7 +197,7 @@ impl Engine {
             if per_shard || self.saturated() {
                 let st = self.shards.state_mut(i);
                 if !per_shard && st.holds() {
-                    st.wake = st.queue.front().map(|e| e.deadline);
+                    st.wake = st.queue.front().map(|e| e.deadline(ttl));
                     self.shards.block(i);
                 }
                 break;
@@ -224,12 +225,13 @@ impl Engine {
     /// Takes the Kinesis records holding an entry past its TTL out of `batch`: the expired
     /// entries fail, the others go back to the front of their shard's queue, in order.
     fn take_expired(&mut self, batch: &mut Batch<KRecord>, now: Instant) {
-        if batch.records.iter().all(|r| r.live(now)) {
+        let ttl = self.s.config.record_ttl;
+        if batch.records.iter().all(|r| r.live(now, ttl)) {
             return;
         }
         let mut back: Vec<Entry> = Vec::new();
         for r in std::mem::take(&mut batch.records) {
-            if r.live(now) {
+            if r.live(now, ttl) {
                 batch.records.push(r);
                 continue;
             }

@@ -24,17 +24,21 @@ pub(crate) type Reply = oneshot::Sender<Result<PutOutcome, RecordError>>;
 /// per record, and most of the plain run's peak RSS: BENCHMARKS.md, issue 12). The caller's
 /// `String` is freed on the caller's thread by [`Entry::new`]; [`Entry::record`] rebuilds the
 /// user's record where one is handed back (failures, dead letters, a refused `add`).
+///
+/// It is kept small (160 bytes): a full buffer holds hundreds of thousands of entries in its
+/// shard queues, and each one is moved through the ingest channel and its queue. The deadline
+/// is worked out from the arrival and the TTL ([`Entry::deadline`]); attempts are stored only
+/// once a record has been tried ([`Attempts`]).
 pub(crate) struct Entry {
     pub seq: u64,
     pub key: CompactString,
-    pub explicit_hash_key: Option<String>,
+    pub explicit_hash_key: Option<Box<str>>,
     pub data: Bytes,
     /// The stream it goes to, as the user named it (`None`: the producer's).
     pub stream: Option<Arc<str>>,
     pub hash_key: HashKey,
     pub arrival: Instant,
-    pub deadline: Instant,
-    pub attempts: Vec<Attempt>,
+    pub attempts: Attempts,
     pub reply: Option<Reply>,
     /// Never aggregated again: its aggregate landed on a shard whose range did not hold it
     /// (the map was stale, or the stream placed it under `AUTO`).
@@ -47,7 +51,6 @@ impl Entry {
         record: UserRecord,
         hash_key: HashKey,
         arrival: Instant,
-        ttl: Duration,
         reply: Option<Reply>,
     ) -> Self {
         let UserRecord {
@@ -59,16 +62,20 @@ impl Entry {
         Entry {
             seq: 0,
             key: CompactString::from(partition_key),
-            explicit_hash_key,
+            explicit_hash_key: explicit_hash_key.map(String::into_boxed_str),
             data,
             stream,
             hash_key,
             arrival,
-            deadline: retry::deadline(arrival, ttl),
-            attempts: Vec::new(),
+            attempts: Attempts::default(),
             reply,
             plain: false,
         }
+    }
+
+    /// When its TTL runs out, for the producer's `record_ttl`.
+    pub fn deadline(&self, ttl: Duration) -> Instant {
+        retry::deadline(self.arrival, ttl)
     }
 
     /// Data + partition key: what the buffer bound and the service count.
@@ -80,7 +87,7 @@ impl Entry {
     pub fn record(&self) -> UserRecord {
         UserRecord {
             partition_key: self.key.to_string(),
-            explicit_hash_key: self.explicit_hash_key.clone(),
+            explicit_hash_key: self.explicit_hash_key.as_deref().map(String::from),
             data: self.data.clone(),
             stream: self.stream.clone(),
         }
@@ -90,10 +97,39 @@ impl Entry {
     pub fn into_record(self) -> UserRecord {
         UserRecord {
             partition_key: self.key.into_string(),
-            explicit_hash_key: self.explicit_hash_key,
+            explicit_hash_key: self.explicit_hash_key.map(String::from),
             data: self.data,
             stream: self.stream,
         }
+    }
+}
+
+// A regression here costs every buffered record (see the note on `Entry`).
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Entry>() <= 160);
+
+/// The attempts a record has been through: nothing on the heap (and 8 bytes in the entry)
+/// until the first one that did not store it.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // the box is the point: 8 bytes in the entry, not a Vec's 24
+pub(crate) struct Attempts(Option<Box<Vec<Attempt>>>);
+
+impl Attempts {
+    /// Adds an attempt.
+    pub fn push(&mut self, attempt: Attempt) {
+        self.0.get_or_insert_default().push(attempt);
+    }
+
+    /// The attempts so far, then `last`: what a resolved record reports.
+    pub fn with(&mut self, last: Attempt) -> Vec<Attempt> {
+        let mut all = self.0.take().map_or_else(Vec::new, |b| *b);
+        all.push(last);
+        all
+    }
+
+    /// The attempts so far, taken out.
+    pub fn take(&mut self) -> Vec<Attempt> {
+        self.0.take().map_or_else(Vec::new, |b| *b)
     }
 }
 
@@ -126,7 +162,7 @@ impl KRecord {
             wire: PutRecordsEntry {
                 data: e.data.clone(),
                 partition_key: e.key.to_string(),
-                explicit_hash_key: e.explicit_hash_key.clone(),
+                explicit_hash_key: e.explicit_hash_key.as_deref().map(String::from),
             },
             entries: vec![e],
             aggregated: false,
@@ -134,8 +170,8 @@ impl KRecord {
     }
 
     /// Whether every user record in it is still within its TTL.
-    pub fn live(&self, now: Instant) -> bool {
-        self.entries.iter().all(|e| e.deadline > now)
+    pub fn live(&self, now: Instant, ttl: Duration) -> bool {
+        self.entries.iter().all(|e| e.deadline(ttl) > now)
     }
 }
 
@@ -158,13 +194,7 @@ mod tests {
             UserRecord::new("k", "d").to("other"),
         ];
         for r in records {
-            let e = Entry::new(
-                r.clone(),
-                HashKey(1),
-                Instant::now(),
-                Duration::from_secs(1),
-                None,
-            );
+            let e = Entry::new(r.clone(), HashKey(1), Instant::now(), None);
             assert_eq!(e.size(), r.size());
             assert_eq!(e.key.as_str(), r.partition_key);
             assert_eq!(e.record(), r);

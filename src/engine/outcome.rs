@@ -177,8 +177,7 @@ impl Engine {
             };
             if cancelled {
                 for mut e in record.entries {
-                    e.attempts.push(attempt.clone());
-                    let attempts = std::mem::take(&mut e.attempts);
+                    let attempts = e.attempts.with(attempt.clone());
                     self.resolve(e, Err(RecordError::ShutDown { attempts }));
                 }
                 continue;
@@ -254,8 +253,7 @@ impl Engine {
         let stranded_before = retry_entries.len();
         for (i, mut e) in record.entries.into_iter().enumerate() {
             if range.contains(e.hash_key) {
-                e.attempts.push(attempt.clone());
-                let attempts = std::mem::take(&mut e.attempts);
+                let attempts = e.attempts.with(attempt.clone());
                 self.resolve(
                     e,
                     Ok(PutOutcome {
@@ -305,8 +303,7 @@ impl Engine {
         for (i, mut e) in entries.into_iter().enumerate() {
             // Fire-and-forget records have no future: no outcome to build.
             if let Some(reply) = e.reply.take() {
-                e.attempts.push(attempt.clone());
-                let attempts = std::mem::take(&mut e.attempts);
+                let attempts = e.attempts.with(attempt.clone());
                 let _ = reply.send(Ok(PutOutcome {
                     shard_id: shard_id.clone(),
                     sequence_number: sequence_number.clone(),
@@ -332,7 +329,7 @@ impl Engine {
             match decision {
                 Decision::Retry { .. } => retry_entries.push(e),
                 Decision::Fail => {
-                    let attempts = std::mem::take(&mut e.attempts);
+                    let attempts = e.attempts.take();
                     self.resolve(
                         e,
                         Err(RecordError::Rejected {
@@ -348,7 +345,8 @@ impl Engine {
 
     /// Records to retry: counted, then put back (see [`Engine::put_back`]).
     pub(super) fn requeue(&mut self, entries: Vec<Entry>, now: Instant) {
-        let retries = entries.iter().filter(|e| e.deadline > now).count();
+        let ttl = self.s.config.record_ttl;
+        let retries = entries.iter().filter(|e| e.deadline(ttl) > now).count();
         self.telemetry.retried(retries);
         self.put_back(entries, now);
     }
@@ -357,8 +355,9 @@ impl Engine {
     /// records, to be drained at the next poll; records past their TTL fail instead.
     pub(super) fn put_back(&mut self, entries: Vec<Entry>, now: Instant) {
         let mut by_shard: Vec<Vec<Entry>> = Vec::new();
+        let ttl = self.s.config.record_ttl;
         for e in entries {
-            if e.deadline <= now {
+            if e.deadline(ttl) <= now {
                 self.expire(e);
                 continue;
             }
@@ -381,7 +380,7 @@ impl Engine {
     }
 
     pub(super) fn expire(&mut self, mut e: Entry) {
-        let attempts = std::mem::take(&mut e.attempts);
+        let attempts = e.attempts.take();
         self.telemetry.expired();
         let ttl = self.s.config.record_ttl;
         self.resolve(e, Err(RecordError::Expired { ttl, attempts }));
@@ -442,7 +441,7 @@ impl Engine {
             all.extend(p.record.entries);
         }
         for mut e in all {
-            let attempts = std::mem::take(&mut e.attempts);
+            let attempts = e.attempts.take();
             self.resolve(e, Err(RecordError::ShutDown { attempts }));
         }
     }

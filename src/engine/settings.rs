@@ -117,7 +117,7 @@ impl Engine {
         for mut e in unsent {
             match self.unfit(&e) {
                 Some(error) => {
-                    let attempts = std::mem::take(&mut e.attempts);
+                    let attempts = e.attempts.take();
                     self.resolve(e, Err(RecordError::Invalid { error, attempts }));
                 }
                 None => keep.push(e),

@@ -215,7 +215,9 @@ impl ShardState {
             // Every sub-record has the first one's hash key, which the outer record carries as
             // the user gave it: its explicit hash key, or none (the partition key's MD5 is the
             // hash key), as a plain record of that key would.
-            AggregationScope::PartitionKey => entries[0].explicit_hash_key.clone(),
+            AggregationScope::PartitionKey => {
+                entries[0].explicit_hash_key.as_deref().map(String::from)
+            }
         };
         let oldest = entries.iter().map(|e| e.arrival).min().expect("entries");
         KRecord {

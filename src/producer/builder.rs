@@ -237,7 +237,6 @@ impl ProducerBuilder {
                 registry,
                 closed: AtomicBool::new(false),
                 live,
-                record_ttl: config.record_ttl,
                 any_stream_limit: RecordLimit {
                     bytes: config.request_bytes_for(MAX_REQUEST_BYTES),
                     from: RecordLimitFrom::MaxRequestBytes,

@@ -51,7 +51,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// Called with each failed fire-and-forget record (on the engine thread: keep it short).
@@ -75,7 +75,6 @@ struct Inner {
     closed: AtomicBool,
     /// The stream's settings as the engine last read them.
     live: Arc<LiveSettings>,
-    record_ttl: Duration,
     stream: StreamRef,
     /// The record limit `add` applies to records for other streams: the largest a request
     /// can carry.
@@ -147,13 +146,7 @@ impl Producer {
             ),
         };
         match validate(&record, limit, auto, self.inner.gauge.max_bytes) {
-            Ok(hash_key) => Ok(Entry::new(
-                record,
-                hash_key,
-                Instant::now(),
-                self.inner.record_ttl,
-                reply,
-            )),
+            Ok(hash_key) => Ok(Entry::new(record, hash_key, Instant::now(), reply)),
             Err(error) => Err(AddError::Invalid { error, record }),
         }
     }

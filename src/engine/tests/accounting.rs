@@ -183,7 +183,7 @@ fn the_ledger_counts_bytes_and_withholds_room_as_records_leave() {
         .map(|_| {
             let r = UserRecord::new("k", vec![0u8; 9]);
             assert!(gauge.try_acquire(r.size()));
-            let mut e = Entry::new(r, HashKey(0), now, Duration::from_secs(30), None);
+            let mut e = Entry::new(r, HashKey(0), now, None);
             ledger.admit(&mut e);
             e
         })
@@ -228,7 +228,7 @@ fn a_flush_waits_for_the_records_before_it_only() {
     let admit = |ledger: &mut Ledger| {
         let r = UserRecord::new("k", "d");
         assert!(gauge.try_acquire(r.size()));
-        let mut e = Entry::new(r, HashKey(0), now, Duration::from_secs(30), None);
+        let mut e = Entry::new(r, HashKey(0), now, None);
         ledger.admit(&mut e);
         e
     };

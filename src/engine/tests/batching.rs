@@ -48,7 +48,6 @@ fn a_lingered_aggregate_goes_at_once_and_a_backlog_waits_the_window() {
 
     // Records that reached the engine 5 s after `add`: the shard lingers from their arrival
     // at the engine, then the request they open stays open the window.
-    let ttl = h.engine.s.config.record_ttl;
     let hash = HashKey(even_range(0, 1).0);
     for key in ["c", "d"] {
         let (tx, _rx) = oneshot::channel();
@@ -56,7 +55,7 @@ fn a_lingered_aggregate_goes_at_once_and_a_backlog_waits_the_window() {
         assert!(h.gauge.try_acquire(record.size()));
         let added = h.now - Duration::from_secs(5);
         h.engine
-            .on_record(Entry::new(record, hash, added, ttl, Some(tx)), h.now);
+            .on_record(Entry::new(record, hash, added, Some(tx)), h.now);
     }
     h.advance(Duration::from_millis(100));
     assert!(h.poll().is_empty(), "held for the window");

@@ -81,9 +81,8 @@ impl Harness {
     fn add(&mut self, record: UserRecord, hash: HashKey) -> Rx {
         let (tx, rx) = oneshot::channel();
         assert!(self.gauge.try_acquire(record.size()));
-        let ttl = self.engine.s.config.record_ttl;
         self.engine
-            .on_record(Entry::new(record, hash, self.now, ttl, Some(tx)), self.now);
+            .on_record(Entry::new(record, hash, self.now, Some(tx)), self.now);
         rx
     }
 

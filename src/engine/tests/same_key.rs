@@ -135,12 +135,11 @@ fn same_key_scope_stops_at_a_plain_record_of_its_key() {
     let mut h = Harness::new(1, same_key_config());
     let hash = HashKey::from_partition_key("k");
     let (tx, _rx) = oneshot::channel();
-    let ttl = h.engine.s.config.record_ttl;
     for data in ["0", "1"] {
         add_keyed(&mut h, "k", data);
     }
     // A stranded sub-record being re-sent is marked plain: never aggregated, never overtaken.
-    let mut plain = Entry::new(UserRecord::new("k", "2"), hash, h.now, ttl, Some(tx));
+    let mut plain = Entry::new(UserRecord::new("k", "2"), hash, h.now, Some(tx));
     plain.plain = true;
     assert!(h.gauge.try_acquire(plain.size()));
     h.engine.on_record(plain, h.now);

@@ -170,7 +170,6 @@ fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
     let mut h = Harness::new(4, agg_config());
     h.advance(Duration::from_secs(2));
     let window = h.engine.s.config.max_buffered_time;
-    let ttl = h.engine.s.config.record_ttl;
     // added a second ago (a backlog in the ingest channel), reaching the engine now
     let late = |h: &mut Harness, data: &str| {
         let hash = even_range(2, 4).0;
@@ -178,7 +177,7 @@ fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
             UserRecord::new("k", data.to_string()).with_explicit_hash_key(hash.to_string());
         assert!(h.gauge.try_acquire(record.size()));
         let arrival = h.now - Duration::from_secs(1);
-        let entry = Entry::new(record, HashKey(hash), arrival, ttl, None);
+        let entry = Entry::new(record, HashKey(hash), arrival, None);
         h.engine.on_record(entry, h.now);
     };
     late(&mut h, "1");
@@ -201,15 +200,7 @@ fn records_overdue_on_arrival_share_an_aggregate_for_a_short_window() {
 #[test]
 fn a_drained_queue_gives_its_memory_back() {
     let mut h = Harness::new(1, config());
-    let entry = |h: &Harness| {
-        Entry::new(
-            UserRecord::new("k", "d"),
-            HashKey(0),
-            h.now,
-            Duration::from_secs(30),
-            None,
-        )
-    };
+    let entry = |h: &Harness| Entry::new(UserRecord::new("k", "d"), HashKey(0), h.now, None);
     let fill = |h: &mut Harness, n: usize, keep: usize| {
         let entries: Vec<Entry> = (0..n).map(|_| entry(h)).collect();
         let st = h.engine.shards.state_mut(0);
@@ -240,15 +231,7 @@ fn a_queue_lingers_from_its_front_record_unless_that_was_overdue_on_arrival() {
     let t0 = h.now;
     let mbt = h.engine.s.config.max_buffered_time;
     let st = h.engine.shards.state_mut(0);
-    let e = |arrival| {
-        Entry::new(
-            UserRecord::new("k", "d"),
-            HashKey(0),
-            arrival,
-            Duration::from_secs(30),
-            None,
-        )
-    };
+    let e = |arrival| Entry::new(UserRecord::new("k", "d"), HashKey(0), arrival, None);
     // A retry from t0 at the front of a queue opened later, within its linger: its own due.
     st.push_back(e(t0));
     st.opened = Some(t0 + mbt / 2);
