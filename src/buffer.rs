@@ -178,6 +178,10 @@ impl BufferGauge {
 
     /// Waits for room for one record of `size` bytes (`size <= max_bytes`, checked by the caller).
     pub async fn acquire(&self, size: usize) {
+        // Room now (as nearly always unless the buffer is full): no wait to set up.
+        if self.try_acquire(size) {
+            return;
+        }
         // Neither semaphore is ever closed, so acquire cannot fail. The record permit is kept
         // as a guard until the bytes are in hand: if the caller's future is dropped while it
         // waits for bytes, the guard gives the record room back (cancellation safety).

@@ -35,7 +35,7 @@ mod tests;
 #[cfg(test)]
 use engine_settings::aggregate_max;
 pub(crate) use engine_settings::EngineSettings;
-pub(crate) use entry::{Entry, Reply};
+pub(crate) use entry::Entry;
 
 use crate::admission::Admission;
 use crate::aggregation::Aggregator;

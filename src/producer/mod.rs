@@ -37,7 +37,7 @@ pub use builder::ProducerBuilder;
 
 use crate::buffer::BufferGauge;
 use crate::config::StreamRef;
-use crate::engine::{Entry, Reply};
+use crate::engine::Entry;
 use crate::error::{AddError, RecordError, ValidationError};
 use crate::hash_key::HashKey;
 use crate::limits::MAX_PARTITION_KEY_CHARS;
@@ -131,8 +131,9 @@ impl Producer {
         &self.inner.live
     }
 
-    /// Validates and hashes a record: everything `add` checks before queueing.
-    fn prepare(&self, record: UserRecord, reply: Option<Reply>) -> Result<Entry, AddError> {
+    /// Validates and hashes a record: everything `add` checks before it takes buffer room.
+    /// Returns the hash key and the record's arrival (its TTL runs from here).
+    fn check(&self, record: UserRecord) -> Result<(UserRecord, HashKey, Instant), AddError> {
         if self.inner.closed.load(AtomicOrdering::Acquire) {
             return Err(AddError::ShutDown { record });
         }
@@ -146,7 +147,7 @@ impl Producer {
             ),
         };
         match validate(&record, limit, auto, self.inner.gauge.max_bytes) {
-            Ok(hash_key) => Ok(Entry::new(record, hash_key, Instant::now(), reply)),
+            Ok(hash_key) => Ok((record, hash_key, Instant::now())),
             Err(error) => Err(AddError::Invalid { error, record }),
         }
     }
@@ -173,18 +174,20 @@ impl Producer {
 
     /// Adds a record, waiting for buffer room. Returns the record's future.
     pub async fn add(&self, record: UserRecord) -> Result<PendingRecord, AddError> {
+        let (record, hash_key, arrival) = self.check(record)?;
+        self.inner.gauge.acquire(record.size()).await;
+        // The entry is made once there is room: it is not carried across the wait.
         let (tx, rx) = oneshot::channel();
-        let entry = self.prepare(record, Some(tx))?;
-        self.inner.gauge.acquire(entry.size()).await;
-        self.send(entry)?;
+        self.send(Entry::new(record, hash_key, arrival, Some(tx)))?;
         Ok(PendingRecord { rx })
     }
 
     /// Adds a record if there is buffer room now; otherwise hands it back in
     /// [`AddError::BufferFull`]. Never waits.
     pub fn try_add(&self, record: UserRecord) -> Result<PendingRecord, AddError> {
+        let (record, hash_key, arrival) = self.check(record)?;
         let (tx, rx) = oneshot::channel();
-        let entry = self.prepare(record, Some(tx))?;
+        let entry = Entry::new(record, hash_key, arrival, Some(tx));
         if !self.inner.gauge.try_acquire(entry.size()) {
             let g = &self.inner.gauge;
             let (withheld_records, withheld_bytes) = g.withheld();
@@ -210,9 +213,9 @@ impl Producer {
     /// for buffer room like `add`. Failures reach metrics, stats and the builder's
     /// `on_untracked_failure` callback.
     pub async fn add_untracked(&self, record: UserRecord) -> Result<(), AddError> {
-        let entry = self.prepare(record, None)?;
-        self.inner.gauge.acquire(entry.size()).await;
-        self.send(entry)
+        let (record, hash_key, arrival) = self.check(record)?;
+        self.inner.gauge.acquire(record.size()).await;
+        self.send(Entry::new(record, hash_key, arrival, None))
     }
 
     /// Sends everything buffered now and waits until every record added before this call is
