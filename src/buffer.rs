@@ -178,7 +178,11 @@ impl BufferGauge {
 
     /// Waits for room for one record of `size` bytes (`size <= max_bytes`, checked by the caller).
     pub async fn acquire(&self, size: usize) {
-        // Room now (as nearly always unless the buffer is full): no wait to set up.
+        // Room now (as nearly always unless the buffer is full) is taken without setting up a
+        // wait; the task's cooperative budget is still spent first, as a wait would spend it, so
+        // a caller adding in a loop yields to the runtime now and then. (Spent before taking
+        // the room: a future dropped while it yields has taken nothing.)
+        tokio::task::coop::consume_budget().await;
         if self.try_acquire(size) {
             return;
         }
@@ -323,5 +327,26 @@ mod tests {
         g.release(1, 10);
         waiter.await.unwrap();
         assert_eq!(g.bytes_held(), 5);
+    }
+
+    /// Room taken without a wait still spends the task's cooperative budget: a caller adding
+    /// in a loop lets the runtime's other tasks run long before its buffer fills.
+    #[tokio::test(flavor = "current_thread")]
+    async fn acquiring_with_room_yields_to_other_tasks_now_and_then() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let g = BufferGauge::new(100_000, 100_000);
+        let ran = std::sync::Arc::new(AtomicBool::new(false));
+        let r = ran.clone();
+        tokio::spawn(async move { r.store(true, Ordering::SeqCst) });
+        let mut taken = 0;
+        while !ran.load(Ordering::SeqCst) && taken < 10_000 {
+            g.acquire(1).await;
+            taken += 1;
+        }
+        assert!(
+            ran.load(Ordering::SeqCst) && taken < 1_000,
+            "the other task ran after {taken} records"
+        );
+        assert_eq!(g.records_held(), taken);
     }
 }
