@@ -81,6 +81,9 @@ struct Opts {
     throttle_model: ThrottleModel,
     join_leave: bool,
     series: Option<String>,
+    /// The producer's `max_buffered_records` and `max_request_bytes`, when not the defaults.
+    max_buffered_records: Option<usize>,
+    max_request_bytes: Option<usize>,
 }
 
 fn usage() -> ! {
@@ -88,7 +91,8 @@ fn usage() -> ! {
         "usage: bench_e2e <cpu|accuracy|shared|latency|overload|fleet> [--seconds S] \
          [--warmup S] [--aggregation on|off] [--record-size N] [--shards N] [--streams N] \
          [--keys N] [--load X] [--tracked] [--endpoint URL] [--stream NAME] [--producers N] \
-         [--throttle-model bucket|window] [--join-leave] [--series PATH]"
+         [--throttle-model bucket|window] [--join-leave] [--series PATH] \
+         [--max-buffered-records N] [--max-request-bytes N]"
     );
     std::process::exit(2)
 }
@@ -103,9 +107,21 @@ fn parse_args() -> Opts {
         match a.as_str() {
             "--tracked" => tracked = true,
             "--join-leave" => join_leave = true,
-            "--seconds" | "--warmup" | "--aggregation" | "--record-size" | "--shards"
-            | "--streams" | "--keys" | "--load" | "--endpoint" | "--stream" | "--producers"
-            | "--throttle-model" | "--series" => {
+            "--seconds"
+            | "--warmup"
+            | "--aggregation"
+            | "--record-size"
+            | "--shards"
+            | "--streams"
+            | "--keys"
+            | "--load"
+            | "--endpoint"
+            | "--stream"
+            | "--producers"
+            | "--throttle-model"
+            | "--series"
+            | "--max-buffered-records"
+            | "--max-request-bytes" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 flags.insert(a.trim_start_matches("--").to_string(), v);
             }
@@ -153,6 +169,8 @@ fn parse_args() -> Opts {
         throttle_model,
         join_leave,
         series: flags.get("series").cloned(),
+        max_buffered_records: num("max-buffered-records").map(|v| v as usize),
+        max_request_bytes: num("max-request-bytes").map(|v| v as usize),
     }
 }
 
@@ -519,6 +537,14 @@ fn setup(
                 .stream_name(o.stream.clone())
                 .aggregation(o.aggregation)
                 .rate_limiting(limits);
+            let b = match o.max_buffered_records {
+                Some(n) => b.max_buffered_records(n),
+                None => b,
+            };
+            let b = match o.max_request_bytes {
+                Some(n) => b.max_request_bytes(n),
+                None => b,
+            };
             let (p, kept) = heap_kept(|| rt.block_on(tune(b).client(client.clone())));
             build_heap += kept;
             p.expect("build producer")

@@ -232,6 +232,12 @@ impl BufferGauge {
             .saturating_sub(self.withheld().1)
     }
 
+    /// Whether the buffer has no room to speak of: none for a record, or under a 256th of the
+    /// byte bound (an `add` of any but a small record waits).
+    pub fn is_full(&self) -> bool {
+        self.records_free() == 0 || self.bytes_free() < self.max_bytes / 256
+    }
+
     /// Room for records now, as the semaphore has it (above `max_records` after a double
     /// release).
     pub fn records_free(&self) -> usize {

@@ -65,6 +65,11 @@ impl Ledger {
         }
     }
 
+    /// Whether the producer's buffer (shared by its streams) has no room left.
+    pub fn buffer_full(&self) -> bool {
+        self.gauge.is_full()
+    }
+
     /// User records held (queued, in flight or awaiting retry).
     pub fn held(&self) -> usize {
         self.records

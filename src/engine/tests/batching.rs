@@ -222,3 +222,93 @@ fn shutdown_drains_then_fails_what_is_left_at_the_deadline() {
     h.ok_all(sent[0].0, &sent[0].1, 1);
     assert_eq!(h.gauge.records_held(), 0);
 }
+
+/// A full buffer with nothing in flight and no shard held back: no record can arrive until
+/// something is sent, so the request goes at once instead of after `max_buffered_time`. With
+/// room left, or a request in flight (its answer makes room), it waits as before.
+#[test]
+fn a_full_buffer_with_nothing_in_flight_sends_at_once() {
+    let cfg = ProducerConfig {
+        max_buffered_records: 10,
+        ..config()
+    };
+    let mut h = Harness::new(4, cfg);
+    let add = |h: &mut Harness, n: usize| {
+        for i in 0..n {
+            h.add_to(i as u32 % 4, 4, &format!("k{i}"), "data");
+        }
+    };
+    add(&mut h, 5);
+    assert!(h.poll().is_empty(), "room left: waits to fill");
+    h.advance(Duration::from_millis(100));
+    let first = h.poll();
+    assert_eq!(first.len(), 1, "due by age");
+    add(&mut h, 5);
+    assert!(h.gauge.is_full());
+    assert!(
+        h.poll().is_empty(),
+        "full, but the request in flight will make room"
+    );
+    h.ok_all(first[0].0, &first[0].1.clone(), 4);
+    assert!(h.poll().is_empty(), "room left: waits to fill");
+    add(&mut h, 5);
+    let sent = h.poll();
+    assert_eq!(sent.len(), 1, "full with nothing in flight: goes at once");
+    assert_eq!(sent[0].1.records.len(), 10);
+}
+
+/// Not starved while a request waits to go (its answer makes room), nor while a shard's
+/// limiter holds records back (what it releases next joins the request: sent at once, each
+/// release would go in a request of its own).
+#[test]
+fn a_full_buffer_waits_for_a_request_about_to_go_or_a_limited_shard() {
+    let cfg = ProducerConfig {
+        max_buffered_records: 8,
+        max_records_per_request: 5,
+        ..config()
+    };
+    let mut h = Harness::new(4, cfg);
+    let first = {
+        let mut next = || (0..4).map(|i| h.add_to(i, 4, "k", "d")).count();
+        next() + next()
+    };
+    assert_eq!(first, 8);
+    let sent = h.poll();
+    assert_eq!(
+        sent.len(),
+        1,
+        "the full request goes; the other 3 wait for its answer"
+    );
+    assert_eq!(sent[0].1.records.len(), 5);
+    h.ok_all(sent[0].0, &sent[0].1.clone(), 4);
+    assert!(
+        h.poll().is_empty(),
+        "the 3 wait to fill, not in a request of their own"
+    );
+
+    let cfg = ProducerConfig {
+        max_buffered_records: 2_000,
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    for i in 0..2_000 {
+        h.add_to(0, 1, &format!("k{i}"), "d");
+    }
+    for (id, req) in h.poll() {
+        h.ok_all(id, &req, 1);
+    }
+    let held = h.gauge.records_held();
+    assert!(
+        held > 0 && held < 2_000,
+        "the limiter held some back: {held}"
+    );
+    for i in 0..2_000 - held {
+        h.add_to(0, 1, &format!("m{i}"), "d");
+    }
+    assert!(h.gauge.is_full());
+    h.advance(Duration::from_millis(20));
+    assert!(
+        h.poll().is_empty(),
+        "what the limiter releases waits for the request's window"
+    );
+}
