@@ -268,16 +268,17 @@ impl Kinesis for SdkKinesis {
                     ),
                 ));
             }
+            let (mut shard_ids, mut codes) = (None, None);
             Ok(records
                 .iter()
                 .map(
                     |r| match (r.shard_id(), r.sequence_number(), r.error_code()) {
                         (Some(shard), Some(seq), None) => PutRecordsResultEntry::Ok {
-                            shard_id: shard.into(),
+                            shard_id: reuse(&mut shard_ids, shard),
                             sequence_number: seq.into(),
                         },
                         (_, _, code) => PutRecordsResultEntry::Err {
-                            code: code.unwrap_or("MissingResult").into(),
+                            code: reuse(&mut codes, code.unwrap_or("MissingResult")),
                             message: r.error_message().unwrap_or("").into(),
                         },
                     },
@@ -364,8 +365,29 @@ impl Kinesis for SdkKinesis {
     }
 }
 
+/// `s` as an `Arc`, the previous one's when it is the same string: the results of one shard
+/// come together (the collector packs a shard's records in a row), as do the codes of a
+/// throttled run, so they share one allocation instead of one each.
+fn reuse(last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
+    match last {
+        Some(a) if **a == *s => a.clone(),
+        _ => last.insert(s.into()).clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_string_repeated_in_a_row_shares_one_allocation() {
+        let mut last = None;
+        let a = super::reuse(&mut last, "shardId-000000000001");
+        let b = super::reuse(&mut last, "shardId-000000000001");
+        let c = super::reuse(&mut last, "shardId-000000000002");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert_eq!(&*c, "shardId-000000000002");
+        assert!(!std::sync::Arc::ptr_eq(&b, &c));
+    }
+
     use super::*;
 
     #[test]
