@@ -122,7 +122,7 @@ impl Attempts {
 
     /// The attempts so far, then `last`: what a resolved record reports.
     pub fn with(&mut self, last: Attempt) -> Vec<Attempt> {
-        let mut all = self.0.take().map_or_else(Vec::new, |b| *b);
+        let mut all = self.take();
         all.push(last);
         all
     }

@@ -409,7 +409,7 @@ impl Engine {
     /// Nothing in flight or waiting to go, no shard held back by its limiter, and no room in
     /// the buffer: no record can arrive until something is sent, so a request kept open to fill
     /// would only idle. (With a buffer of about one request, requests went out once the oldest
-    /// record had waited `max_buffered_time`: 616 k records/s instead of 1.3 M; BENCHMARKS.md,
+    /// record had waited `max_buffered_time`: 619 k records/s against 1.41 M; BENCHMARKS.md,
     /// issue 12.)
     fn starved(&self) -> bool {
         self.requests_in_flight() == 0
