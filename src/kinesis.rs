@@ -377,18 +377,18 @@ fn reuse(last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_string_repeated_in_a_row_shares_one_allocation() {
         let mut last = None;
-        let a = super::reuse(&mut last, "shardId-000000000001");
-        let b = super::reuse(&mut last, "shardId-000000000001");
-        let c = super::reuse(&mut last, "shardId-000000000002");
-        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        let a = reuse(&mut last, "shardId-000000000001");
+        let b = reuse(&mut last, "shardId-000000000001");
+        let c = reuse(&mut last, "shardId-000000000002");
+        assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(&*c, "shardId-000000000002");
-        assert!(!std::sync::Arc::ptr_eq(&b, &c));
+        assert!(!Arc::ptr_eq(&b, &c));
     }
-
-    use super::*;
 
     #[test]
     fn seam_is_object_safe() {

@@ -144,12 +144,12 @@ impl Shards {
         }
     }
 
-    /// Shard `i`'s limiter held a record back, its wait worked out at the rate in force.
     /// Whether a shard is on the limited list (one that has drained since may still be).
     pub fn any_limited(&self) -> bool {
         !self.limited.is_empty()
     }
 
+    /// Shard `i`'s limiter held a record back, its wait worked out at the rate in force.
     pub fn limit(&mut self, i: usize) {
         let st = &mut self.states[i];
         if !st.limited {

@@ -137,15 +137,19 @@ impl Telemetry {
     pub fn failed(&self, e: &Entry, error: &RecordError) {
         SharedStats::add(&self.stats.records_failed, 1);
         self.metrics.failed.increment(1);
-        if e.reply.is_none() {
-            if let Some(cb) = &self.on_failure {
-                cb(&e.record(), error);
-            }
+        let callback = self.on_failure.as_ref().filter(|_| e.reply.is_none());
+        if callback.is_none() && self.dead_letters.is_none() {
+            return;
+        }
+        // Rebuilt once from the entry's parts, for the callback and the dead letter alike.
+        let record = e.record();
+        if let Some(cb) = callback {
+            cb(&record, error);
         }
         if let Some((stream, tx)) = &self.dead_letters {
             let letter = DeadLetter {
                 stream: stream.clone(),
-                record: e.record(),
+                record,
                 hash_key: e.hash_key,
                 error: error.clone(),
             };

@@ -186,9 +186,7 @@ impl Producer {
     /// [`AddError::BufferFull`]. Never waits.
     pub fn try_add(&self, record: UserRecord) -> Result<PendingRecord, AddError> {
         let (record, hash_key, arrival) = self.check(record)?;
-        let (tx, rx) = oneshot::channel();
-        let entry = Entry::new(record, hash_key, arrival, Some(tx));
-        if !self.inner.gauge.try_acquire(entry.size()) {
+        if !self.inner.gauge.try_acquire(record.size()) {
             let g = &self.inner.gauge;
             let (withheld_records, withheld_bytes) = g.withheld();
             return Err(AddError::BufferFull {
@@ -196,10 +194,11 @@ impl Producer {
                 buffered_bytes: g.bytes_held(),
                 max_records: g.max_records.saturating_sub(withheld_records),
                 max_bytes: g.max_bytes.saturating_sub(withheld_bytes),
-                record: entry.into_record(),
+                record,
             });
         }
-        self.send(entry)?;
+        let (tx, rx) = oneshot::channel();
+        self.send(Entry::new(record, hash_key, arrival, Some(tx)))?;
         Ok(PendingRecord { rx })
     }
 
