@@ -7,15 +7,17 @@
 use crate::config::StreamRef;
 use crate::shard_map::ShardInfo;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, RecordDistributionStrategy, StreamMode};
+use aws_sdk_kinesis::types::{RecordDistributionStrategy, StreamMode};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+
+mod body;
 
 /// A boxed, sendable future: what the seam's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -238,25 +240,19 @@ impl Kinesis for SdkKinesis {
     ) -> BoxFuture<'_, Result<Vec<PutRecordsResultEntry>, ClientError>> {
         Box::pin(async move {
             let n = request.records.len();
-            let entries = request
-                .records
-                .into_iter()
-                .map(|r| {
-                    // The data travels as `Bytes` from `add` to the body: no copy here.
-                    PutRecordsRequestEntry::builder()
-                        .data(Blob::from_maybe_shared(r.data))
-                        // No key (an `AUTO` stream's unkeyed record): none is sent.
-                        .set_partition_key((!r.partition_key.is_empty()).then_some(r.partition_key))
-                        .set_explicit_hash_key(r.explicit_hash_key)
-                        .build()
-                        .expect("data is set")
-                })
-                .collect();
-            let call = self.client.put_records().set_records(Some(entries));
+            // The SDK is asked for a request with no records, which it serializes, and the
+            // body is swapped for one written here before it is signed (see `body`).
+            let body = body::put_records_body(&request.stream, &request.records);
+            let call = self.client.put_records().set_records(Some(Vec::new()));
             let call = match &request.stream {
                 StreamRef::Name(name) => call.stream_name(name),
                 StreamRef::Arn(arn) => call.stream_arn(arn),
             };
+            let call = call.customize().mutate_request(move |req| {
+                req.headers_mut()
+                    .insert("content-length", body.len().to_string());
+                *req.body_mut() = SdkBody::from(body.clone());
+            });
             let out = call.send().await.map_err(client_error)?;
             let records = out.records();
             if records.len() != n {
