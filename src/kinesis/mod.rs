@@ -9,7 +9,6 @@ use crate::shard_map::ShardInfo;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::types::{RecordDistributionStrategy, StreamMode};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::retry::RetryConfig;
 use bytes::Bytes;
 use std::fmt;
@@ -17,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-mod body;
+mod put_records;
 
 /// A boxed, sendable future: what the seam's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -240,46 +239,18 @@ impl Kinesis for SdkKinesis {
     ) -> BoxFuture<'_, Result<Vec<PutRecordsResultEntry>, ClientError>> {
         Box::pin(async move {
             let n = request.records.len();
-            // The SDK is asked for a request with no records, which it serializes, and the
-            // body is swapped for one written here before it is signed (see `body`).
-            let body = body::put_records_body(&request.stream, &request.records);
+            let wire = put_records::Wire::new(&request.stream, &request.records);
             let call = self.client.put_records().set_records(Some(Vec::new()));
             let call = match &request.stream {
                 StreamRef::Name(name) => call.stream_name(name),
                 StreamRef::Arn(arn) => call.stream_arn(arn),
             };
-            let call = call.customize().mutate_request(move |req| {
-                req.headers_mut()
-                    .insert("content-length", body.len().to_string());
-                *req.body_mut() = SdkBody::from(body.clone());
-            });
-            let out = call.send().await.map_err(client_error)?;
-            let records = out.records();
-            if records.len() != n {
-                return Err(ClientError::new(
-                    ClientErrorKind::Service,
-                    format!(
-                        "PutRecords answered {} results for {n} records",
-                        records.len()
-                    ),
-                ));
-            }
-            let (mut shard_ids, mut codes) = (None, None);
-            Ok(records
-                .iter()
-                .map(
-                    |r| match (r.shard_id(), r.sequence_number(), r.error_code()) {
-                        (Some(shard), Some(seq), None) => PutRecordsResultEntry::Ok {
-                            shard_id: reuse(&mut shard_ids, shard),
-                            sequence_number: seq.into(),
-                        },
-                        (_, _, code) => PutRecordsResultEntry::Err {
-                            code: reuse(&mut codes, code.unwrap_or("MissingResult")),
-                            message: r.error_message().unwrap_or("").into(),
-                        },
-                    },
-                )
-                .collect())
+            call.customize()
+                .interceptor(put_records::WireInterceptor(wire.clone()))
+                .send()
+                .await
+                .map_err(client_error)?;
+            wire.results(n).await
         })
     }
 
@@ -361,30 +332,9 @@ impl Kinesis for SdkKinesis {
     }
 }
 
-/// `s` as an `Arc`, the previous one's when it is the same string: the results of one shard
-/// come together (the collector packs a shard's records in a row), as do the codes of a
-/// throttled run, so they share one allocation instead of one each.
-fn reuse(last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
-    match last {
-        Some(a) if **a == *s => a.clone(),
-        _ => last.insert(s.into()).clone(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_string_repeated_in_a_row_shares_one_allocation() {
-        let mut last = None;
-        let a = reuse(&mut last, "shardId-000000000001");
-        let b = reuse(&mut last, "shardId-000000000001");
-        let c = reuse(&mut last, "shardId-000000000002");
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(&*c, "shardId-000000000002");
-        assert!(!Arc::ptr_eq(&b, &c));
-    }
 
     #[test]
     fn seam_is_object_safe() {
