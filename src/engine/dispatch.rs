@@ -9,6 +9,7 @@ use crate::collector::Batch;
 use crate::config::Ordering;
 use crate::kinesis::{PutRecordsEntry, PutRecordsRequest};
 use crate::retry::Backoff;
+use compact_str::CompactString;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -257,7 +258,7 @@ impl Engine {
                 &mut r.wire,
                 PutRecordsEntry {
                     data: bytes::Bytes::new(),
-                    partition_key: String::new(),
+                    partition_key: CompactString::default(),
                     explicit_hash_key: None,
                 },
             ));

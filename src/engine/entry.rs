@@ -8,6 +8,7 @@ use crate::record::{Attempt, PutOutcome, UserRecord};
 use crate::retry;
 use bytes::Bytes;
 use compact_str::CompactString;
+use smallvec::{smallvec, SmallVec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -141,7 +142,8 @@ pub(super) struct KRecord {
     /// come back with a new state (the stream switched to `AUTO` and back), which must not
     /// count this record as its own.
     pub origin: u64,
-    pub entries: Vec<Entry>,
+    /// Its user records: one inline for a plain record (no allocation per record).
+    pub entries: SmallVec<[Entry; 1]>,
     pub aggregated: bool,
     /// The wire form; moved out when the request is built (a retry rebuilds it).
     pub wire: PutRecordsEntry,
@@ -161,10 +163,10 @@ impl KRecord {
             oldest: e.arrival,
             wire: PutRecordsEntry {
                 data: e.data.clone(),
-                partition_key: e.key.to_string(),
+                partition_key: e.key.clone(),
                 explicit_hash_key: e.explicit_hash_key.as_deref().map(String::from),
             },
-            entries: vec![e],
+            entries: smallvec![e],
             aggregated: false,
         }
     }

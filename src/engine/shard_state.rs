@@ -12,6 +12,7 @@ use crate::kinesis::PutRecordsEntry;
 use crate::limiter::ShardLimiter;
 use crate::retry::Backoff;
 use crate::shard_map::ShardInfo;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -227,9 +228,9 @@ impl ShardState {
             wire: PutRecordsEntry {
                 explicit_hash_key,
                 data: aggregate.data,
-                partition_key: aggregate.partition_key,
+                partition_key: aggregate.partition_key.into(),
             },
-            entries,
+            entries: SmallVec::from_vec(entries),
             aggregated: true,
             oldest,
         }

@@ -305,7 +305,7 @@ mod tests {
     fn entry(data: &[u8], key: &str, hash: Option<&str>) -> PutRecordsEntry {
         PutRecordsEntry {
             data: Bytes::copy_from_slice(data),
-            partition_key: key.to_string(),
+            partition_key: key.into(),
             explicit_hash_key: hash.map(str::to_string),
         }
     }

@@ -192,7 +192,7 @@ impl Kinesis for FakeKinesis {
                 stored.push(Stored {
                     shard_id,
                     sequence_number,
-                    partition_key: r.partition_key,
+                    partition_key: r.partition_key.into(),
                     explicit_hash_key: r.explicit_hash_key,
                     data: r.data.to_vec(),
                 });

@@ -35,9 +35,13 @@ fn unpack(sent: &[(u64, PutRecordsRequest)]) -> Vec<Sent> {
                     .map(|s| (s.partition_key, text(&s.data)))
                     .collect()
             } else {
-                vec![(r.partition_key.clone(), text(&r.data))]
+                vec![(r.partition_key.to_string(), text(&r.data))]
             };
-            (r.partition_key.clone(), r.explicit_hash_key.clone(), subs)
+            (
+                r.partition_key.to_string(),
+                r.explicit_hash_key.clone(),
+                subs,
+            )
         })
         .collect()
 }
