@@ -287,7 +287,7 @@ impl Engine {
         let Stored {
             record:
                 KRecord {
-                    entries,
+                    mut entries,
                     aggregated,
                     ..
                 },
@@ -300,7 +300,8 @@ impl Engine {
         let (n, bytes) = self.ledger.release(&entries);
         self.admission.on_drained(n, bytes);
         self.telemetry.put(n);
-        for (i, mut e) in entries.into_iter().enumerate() {
+        // By reference: moving each entry out would copy it only to drop it.
+        for (i, e) in entries.iter_mut().enumerate() {
             // Fire-and-forget records have no future: no outcome to build.
             if let Some(reply) = e.reply.take() {
                 let attempts = e.attempts.with(attempt.clone());

@@ -56,10 +56,6 @@ pub(super) struct ShardState {
     pub telemetry: ShardTelemetry,
     /// The time of this shard's live entry in the timer heap.
     pub(super) timer: Option<Instant>,
-    /// User records in the last aggregate built here: the next one's entry list is allocated
-    /// at that size, not grown by doubling (each step a copy of every entry so far, and the
-    /// list half empty on average).
-    last_aggregate_len: usize,
 }
 
 impl ShardState {
@@ -81,7 +77,6 @@ impl ShardState {
             ready: false,
             blocked: false,
             limited: false,
-            last_aggregate_len: 0,
         }
     }
 
@@ -186,15 +181,22 @@ impl ShardState {
         }
         let mut entries = match scope {
             AggregationScope::Shard => {
-                let mut entries =
-                    Vec::with_capacity(self.last_aggregate_len.clamp(1, self.queue.len() + 1));
-                entries.push(first);
-                while let Some(next) = self.queue.front().filter(|e| !e.plain) {
+                // Push the records that fit, then move them off the queue at once, into a
+                // vector of their number.
+                let (mut taken, mut bytes) = (0, 0);
+                for next in self.queue.iter().take_while(|e| !e.plain) {
                     let ehk = next.explicit_hash_key.as_deref();
                     match aggregator.try_push(&next.key, ehk, &next.data) {
-                        TryPush::Added => entries.push(self.pop_front().expect("front exists")),
+                        TryPush::Added => (taken, bytes) = (taken + 1, bytes + next.size()),
                         TryPush::NoCapacity => break,
                     }
+                }
+                let mut entries = Vec::with_capacity(taken + 1);
+                entries.push(first);
+                entries.extend(self.queue.drain(..taken));
+                self.queued_bytes -= bytes;
+                if self.queue.is_empty() {
+                    self.opened = None;
                 }
                 entries
             }
@@ -205,7 +207,6 @@ impl ShardState {
             }
         };
         let aggregate = aggregator.finish().expect("aggregate holds records");
-        self.last_aggregate_len = entries.len();
         if entries.len() == 1 {
             return KRecord::single(shard, self.uid, entries.pop().expect("one entry"));
         }
