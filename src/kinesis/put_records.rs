@@ -349,6 +349,59 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Any keys (any Unicode, control characters included), data and hash keys: the body
+        /// is JSON of exactly the length worked out (checked inside), and reads back as the
+        /// records it was made from.
+        #[test]
+        fn any_records_read_back(
+            stream in "\\PC{0,20}",
+            records in proptest::collection::vec(
+                (
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+                    "[\\x00-\\x7f]{0,5}\\PC{0,10}",
+                    proptest::option::of("[0-9]{1,39}"),
+                ),
+                0..20,
+            ),
+        ) {
+            use base64::Engine as _;
+            let records: Vec<PutRecordsEntry> = records
+                .iter()
+                .map(|(data, key, hash)| entry(data, key, hash.as_deref()))
+                .collect();
+            let v = parse(&put_records_body(&StreamRef::Name(stream.clone()), &records));
+            proptest::prop_assert_eq!(v["StreamName"].as_str(), Some(stream.as_str()));
+            let got = v["Records"].as_array().expect("Records");
+            proptest::prop_assert_eq!(got.len(), records.len());
+            for (g, r) in got.iter().zip(&records) {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(g["Data"].as_str().expect("Data"))
+                    .expect("base64");
+                proptest::prop_assert_eq!(&data[..], &r.data[..]);
+                proptest::prop_assert_eq!(
+                    g.get("PartitionKey").and_then(Value::as_str).unwrap_or(""),
+                    r.partition_key.as_str()
+                );
+                proptest::prop_assert_eq!(
+                    g.get("ExplicitHashKey").and_then(Value::as_str),
+                    r.explicit_hash_key.as_deref()
+                );
+            }
+        }
+
+        /// Whatever a service answers, reading it is an error or as many results as were sent.
+        #[test]
+        fn any_response_is_read_without_panicking(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            n in 0usize..4,
+        ) {
+            if let Ok(results) = parse_results(&body, n) {
+                proptest::prop_assert_eq!(results.len(), n);
+            }
+        }
+    }
+
     #[test]
     fn a_stream_given_by_arn_is_sent_as_stream_arn() {
         let arn = "arn:aws:kinesis:us-east-1:123456789012:stream/s";
