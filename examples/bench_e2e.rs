@@ -469,7 +469,7 @@ async fn feed(
         }
         let burst = (target - sent).min(4096);
         for _ in 0..burst {
-            let mut record = UserRecord::new(keys[k].clone(), data.clone());
+            let mut record = UserRecord::new(keys[k].as_str(), data.clone());
             if let Some(stream) = &streams[sent as usize % streams.len()] {
                 record = record.to(stream.clone());
             }

@@ -52,6 +52,8 @@ pub mod stats;
 pub mod stream_settings;
 
 pub use aggregation::{deaggregate, deaggregate_strict, DeaggregateError, DeaggregatedRecord};
+/// The type of [`UserRecord::partition_key`] (keys of up to 24 bytes are held inline).
+pub use compact_str::CompactString;
 pub use config::{AggregationScope, MetricsGranularity, Ordering, ProducerConfig, StreamRef};
 pub use dead_letter::DeadLetter;
 pub use error::{AddError, BuildError, ConfigError, RecordError, RecordLimitFrom, ValidationError};

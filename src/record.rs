@@ -1,6 +1,7 @@
 //! What goes in (`UserRecord`) and what comes out (`PutOutcome`, `Attempt`).
 
 use bytes::Bytes;
+use compact_str::CompactString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -8,8 +9,10 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRecord {
     /// Partition key: 1 to 256 Unicode characters. Decides the shard unless an explicit hash key
-    /// is given. Empty: no key (only on an `AUTO` stream, see [`UserRecord::unkeyed`]).
-    pub partition_key: String,
+    /// is given. Empty: no key (only on an `AUTO` stream, see [`UserRecord::unkeyed`]). Held
+    /// inline up to 24 bytes: a key given as `&str` (or a `CompactString` cloned) goes from here
+    /// to the request body without an allocation.
+    pub partition_key: CompactString,
     /// Optional explicit hash key: a decimal integer from 0 to 2^128 - 1 that overrides the
     /// partition key's hash for shard selection.
     pub explicit_hash_key: Option<String>,
@@ -22,7 +25,7 @@ pub struct UserRecord {
 
 impl UserRecord {
     /// A record with a partition key and a payload.
-    pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> Self {
+    pub fn new(partition_key: impl Into<CompactString>, data: impl Into<Bytes>) -> Self {
         UserRecord {
             partition_key: partition_key.into(),
             explicit_hash_key: None,
@@ -36,7 +39,7 @@ impl UserRecord {
     /// `add` refuses it with [`crate::ValidationError::PartitionKeyEmpty`]. An empty partition
     /// key given to [`UserRecord::new`] means the same.
     pub fn unkeyed(data: impl Into<Bytes>) -> Self {
-        UserRecord::new(String::new(), data)
+        UserRecord::new(CompactString::default(), data)
     }
 
     /// Whether it has no partition key.

@@ -68,7 +68,7 @@ fn stored_user_records(sim: &Simulator, stream: &str) -> Vec<(String, Bytes)> {
 fn sorted(records: &[UserRecord]) -> Vec<(String, Bytes)> {
     let mut v: Vec<_> = records
         .iter()
-        .map(|r| (r.partition_key.clone(), r.data.clone()))
+        .map(|r| (r.partition_key.to_string(), r.data.clone()))
         .collect();
     v.sort();
     v
@@ -222,7 +222,8 @@ async fn record_size_limit_is_capped_at_max_request_bytes() {
             let at = UserRecord::new("k", vec![8u8; want - 1]);
             let pending = p.add(at.clone()).await.expect("at the limit");
             resolve(pending).await.expect("stored");
-            assert!(stored_user_records(&sim, stream).contains(&(at.partition_key, at.data)));
+            assert!(stored_user_records(&sim, stream)
+                .contains(&(at.partition_key.to_string(), at.data)));
         }
         p.shutdown().await.unwrap();
     }
@@ -578,7 +579,7 @@ fn runtime_shut_down_mid_request_resolves_every_record() {
         let stored = stored_user_records(&sim, stream);
         for (r, _) in &ok {
             assert!(
-                stored.contains(&(r.partition_key.clone(), r.data.clone())),
+                stored.contains(&(r.partition_key.to_string(), r.data.clone())),
                 "{r:?} reported stored"
             );
         }

@@ -281,14 +281,17 @@ async fn per_shard_ordering_holds_under_failures() {
     let mut last: HashMap<String, String> = HashMap::new();
     for (record, f) in added {
         let out = f.await.unwrap();
-        if let Some(prev) = last.get(&record.partition_key) {
+        if let Some(prev) = last.get(record.partition_key.as_str()) {
             assert!(
                 prev.as_str() < &*out.sequence_number,
                 "order broken for {}",
                 record.partition_key
             );
         }
-        last.insert(record.partition_key, out.sequence_number.to_string());
+        last.insert(
+            record.partition_key.to_string(),
+            out.sequence_number.to_string(),
+        );
     }
 }
 
@@ -349,7 +352,7 @@ async fn untracked_failures_reach_the_callback() {
             move |r, e| {
                 seen.lock()
                     .unwrap()
-                    .push((r.partition_key.clone(), e.code().map(str::to_string)))
+                    .push((r.partition_key.to_string(), e.code().map(str::to_string)))
             }
         })
         .kinesis(fake.seam())

@@ -562,7 +562,8 @@ async fn records_up_to_the_streams_10_mib_limit_are_stored_whole() {
     assert_eq!(stored.len(), 5);
     for r in &records {
         assert_eq!(
-            stored[&r.partition_key], r.data,
+            stored[r.partition_key.as_str()],
+            r.data,
             "{} read back intact",
             r.partition_key
         );

@@ -34,7 +34,7 @@ async fn feed(
             continue;
         }
         for _ in 0..(target - sent).min(4096) {
-            let record = UserRecord::new(keys[k].clone(), data.clone());
+            let record = UserRecord::new(keys[k].as_str(), data.clone());
             k += stride;
             if k >= n {
                 k -= n;

@@ -62,7 +62,7 @@ impl Entry {
         } = record;
         Entry {
             seq: 0,
-            key: CompactString::from(partition_key),
+            key: partition_key,
             explicit_hash_key: explicit_hash_key.map(String::into_boxed_str),
             data,
             stream,
@@ -87,7 +87,7 @@ impl Entry {
     /// The user's record, as it was added.
     pub fn record(&self) -> UserRecord {
         UserRecord {
-            partition_key: self.key.to_string(),
+            partition_key: self.key.clone(),
             explicit_hash_key: self.explicit_hash_key.as_deref().map(String::from),
             data: self.data.clone(),
             stream: self.stream.clone(),
@@ -97,7 +97,7 @@ impl Entry {
     /// The user's record, as it was added, taken out of the entry.
     pub fn into_record(self) -> UserRecord {
         UserRecord {
-            partition_key: self.key.into_string(),
+            partition_key: self.key,
             explicit_hash_key: self.explicit_hash_key.map(String::from),
             data: self.data,
             stream: self.stream,
