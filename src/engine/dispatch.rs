@@ -7,9 +7,8 @@ use super::entry::{Entry, KRecord};
 use super::{Action, Engine, InFlight};
 use crate::collector::Batch;
 use crate::config::Ordering;
-use crate::kinesis::{PutRecordsEntry, PutRecordsRequest};
+use crate::kinesis::PutRecordsRequest;
 use crate::retry::Backoff;
-use compact_str::CompactString;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
@@ -254,14 +253,7 @@ impl Engine {
                 .packed(r.entries.len(), now.saturating_duration_since(r.oldest));
             // The wire form is only read here (a retry rebuilds it from the entries): move it
             // out instead of copying every partition key.
-            wire.push(std::mem::replace(
-                &mut r.wire,
-                PutRecordsEntry {
-                    data: bytes::Bytes::new(),
-                    partition_key: CompactString::default(),
-                    explicit_hash_key: None,
-                },
-            ));
+            wire.push(std::mem::take(&mut r.wire));
         }
         self.telemetry.dispatched(user_records);
         self.s.requests.fetch_add(1, Relaxed);

@@ -23,7 +23,7 @@ mod put_records;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One Kinesis record of a PutRecords request.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutRecordsEntry {
     /// The record's data (an aggregate or one user record's data).
     pub data: Bytes,
