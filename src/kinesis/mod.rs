@@ -240,10 +240,13 @@ impl Kinesis for SdkKinesis {
         request: PutRecordsRequest,
     ) -> BoxFuture<'_, Result<Vec<PutRecordsResultEntry>, ClientError>> {
         Box::pin(async move {
-            let n = request.records.len();
-            let wire = put_records::Wire::new(&request.stream, &request.records);
+            let PutRecordsRequest { stream, records } = request;
+            let n = records.len();
+            let wire = put_records::Wire::new(&stream, &records);
+            // The body holds the data now: an aggregate's buffer is not kept for the whole call.
+            drop(records);
             let call = self.client.put_records().set_records(Some(Vec::new()));
-            let call = match &request.stream {
+            let call = match &stream {
                 StreamRef::Name(name) => call.stream_name(name),
                 StreamRef::Arn(arn) => call.stream_arn(arn),
             };
