@@ -22,9 +22,9 @@ pub(crate) type Reply = oneshot::Sender<Result<PutOutcome, RecordError>>;
 /// key travels with the entry through the ingest channel and the shard queue instead of in a
 /// heap allocation of its own, which the engine thread read cold when it aggregated the record
 /// and freed against the allocating thread's arena (a quarter to a third of the producer's CPU
-/// per record, and most of the plain run's peak RSS: BENCHMARKS.md, issue 12). The caller's
-/// `String` is freed on the caller's thread by [`Entry::new`]; [`Entry::record`] rebuilds the
-/// user's record where one is handed back (failures, dead letters, a refused `add`).
+/// per record, and most of the plain run's peak RSS: BENCHMARKS.md, issue 12). The key arrives
+/// so from [`UserRecord::partition_key`]; [`Entry::record`] rebuilds the user's record where one
+/// is handed back (failures, dead letters, a refused `add`).
 ///
 /// It is kept small (160 bytes): a full buffer holds hundreds of thousands of entries in its
 /// shard queues, and each one is moved through the ingest channel and its queue. The deadline
