@@ -81,9 +81,11 @@ struct Opts {
     throttle_model: ThrottleModel,
     join_leave: bool,
     series: Option<String>,
-    /// The producer's `max_buffered_records` and `max_request_bytes`, when not the defaults.
+    /// The producer's `max_buffered_records`, `max_request_bytes` and `max_in_flight`, when
+    /// not the defaults.
     max_buffered_records: Option<usize>,
     max_request_bytes: Option<usize>,
+    max_in_flight: Option<usize>,
 }
 
 fn usage() -> ! {
@@ -92,7 +94,7 @@ fn usage() -> ! {
          [--warmup S] [--aggregation on|off] [--record-size N] [--shards N] [--streams N] \
          [--keys N] [--load X] [--tracked] [--endpoint URL] [--stream NAME] [--producers N] \
          [--throttle-model bucket|window] [--join-leave] [--series PATH] \
-         [--max-buffered-records N] [--max-request-bytes N]"
+         [--max-buffered-records N] [--max-request-bytes N] [--max-in-flight N]"
     );
     std::process::exit(2)
 }
@@ -121,7 +123,8 @@ fn parse_args() -> Opts {
             | "--throttle-model"
             | "--series"
             | "--max-buffered-records"
-            | "--max-request-bytes" => {
+            | "--max-request-bytes"
+            | "--max-in-flight" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 flags.insert(a.trim_start_matches("--").to_string(), v);
             }
@@ -171,6 +174,7 @@ fn parse_args() -> Opts {
         series: flags.get("series").cloned(),
         max_buffered_records: num("max-buffered-records").map(|v| v as usize),
         max_request_bytes: num("max-request-bytes").map(|v| v as usize),
+        max_in_flight: num("max-in-flight").map(|v| v as usize),
     }
 }
 
@@ -543,6 +547,10 @@ fn setup(
             };
             let b = match o.max_request_bytes {
                 Some(n) => b.max_request_bytes(n),
+                None => b,
+            };
+            let b = match o.max_in_flight {
+                Some(n) => b.max_in_flight(n),
                 None => b,
             };
             let (p, kept) = heap_kept(|| rt.block_on(tune(b).client(client.clone())));

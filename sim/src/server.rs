@@ -54,6 +54,28 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
+/// Most bytes reserved up front for a body, whatever its `Content-Length` says.
+const MAX_BODY_RESERVE: usize = 16 * 1_048_576;
+
+/// The request's body in one buffer sized by its `Content-Length`: the frames are copied
+/// once as they arrive (collecting them first and joining them would hold the body twice).
+/// `None` if the connection fails mid-body.
+async fn read_body(req: Request<Incoming>) -> Option<Vec<u8>> {
+    let expected = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = req.into_body();
+    let mut buf = Vec::with_capacity(expected.min(MAX_BODY_RESERVE));
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.ok()?.data_ref() {
+            buf.extend_from_slice(data);
+        }
+    }
+    Some(buf)
+}
+
 async fn serve(
     reg: Arc<Registry>,
     req: Request<Incoming>,
@@ -67,9 +89,8 @@ async fn serve(
         .and_then(|v| v.to_str().ok())
         .and_then(|t| t.strip_prefix(TARGET_PREFIX))
         .map(str::to_owned);
-    let body = match req.into_body().collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(DropConnection),
+    let Some(body) = read_body(req).await else {
+        return Err(DropConnection);
     };
     let Some(action) = action else {
         let e = ApiError::unknown_operation();

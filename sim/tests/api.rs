@@ -323,17 +323,25 @@ async fn run(endpoint: &str) -> Vec<(u16, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_answers_exactly() {
-    let sim = Simulator::start(SimConfig::default()).await.unwrap();
-    let sim_answers = run(&sim.endpoint_url()).await;
     let mut failures = Vec::new();
-    for (case, got) in table().iter().zip(&sim_answers) {
-        let want = (case.status, case.kind.to_string(), case.message.to_string());
-        if *got != want {
-            failures.push(format!(
-                "{}: kinesis-sim gave {got:?}, want {want:?}",
-                case.name
-            ));
+    // A simulator that does not keep records checks sizes on data it does not keep.
+    for store_records in [true, false] {
+        let cfg = SimConfig {
+            store_records,
+            ..SimConfig::default()
+        };
+        let sim = Simulator::start(cfg).await.unwrap();
+        let sim_answers = run(&sim.endpoint_url()).await;
+        for (case, got) in table().iter().zip(&sim_answers) {
+            let want = (case.status, case.kind.to_string(), case.message.to_string());
+            if *got != want {
+                failures.push(format!(
+                    "{} (store_records {store_records}): kinesis-sim gave {got:?}, want {want:?}",
+                    case.name
+                ));
+            }
         }
+        sim.shutdown().await;
     }
     for kind in [Emulator::Kinesalite, Emulator::KinesisLocal] {
         let Some(emu) = start_or_skip(kind).await else {
@@ -359,5 +367,4 @@ async fn every_action_answers_exactly() {
         failures.len(),
         failures.join("\n")
     );
-    sim.shutdown().await;
 }

@@ -6,6 +6,7 @@
 //! stream then places each record (by hash key, or on a pseudo-random open shard under `AUTO`), assigns
 //! sequence numbers and applies the per-shard budgets record by record.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,17 +31,20 @@ const MAX_PARTITION_KEY_CHARS: usize = 256;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct PutRecordsIn {
+struct PutRecordsIn<'a> {
     stream_name: Option<String>,
     #[serde(rename = "StreamARN")]
     stream_arn: Option<String>,
-    records: Option<Vec<RecordIn>>,
+    #[serde(borrow)]
+    records: Option<Vec<RecordIn<'a>>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct RecordIn {
-    data: Option<String>,
+struct RecordIn<'a> {
+    /// Base64, borrowed from the request body (it has no escapes to undo).
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
     partition_key: Option<String>,
     explicit_hash_key: Option<String>,
     #[serde(rename = "StreamName")]
@@ -73,6 +77,8 @@ struct PutRecordsEntryOut {
 /// One record after the model's checks, before its stream's.
 struct Decoded {
     index: Option<usize>,
+    /// The data's length, and the data itself where the stream keeps records.
+    data_len: usize,
     data: Vec<u8>,
     partition_key: Option<String>,
     explicit_hash_key: Option<String>,
@@ -95,16 +101,18 @@ fn data_too_long(len: usize, index: Option<usize>, max: usize) -> ApiError {
     )
 }
 
-/// Decodes base64 as AWS does, with its message for a length that is no multiple of 4.
-fn decode_blob(b64: &str) -> Result<Vec<u8>, ApiError> {
+/// Decodes base64 as AWS does, with its message for a length that is no multiple of 4, into
+/// `scratch` (reused across a request's records); returns the decoded length.
+fn decode_blob(b64: &str, scratch: &mut Vec<u8>) -> Result<usize, ApiError> {
     let why = if !b64.len().is_multiple_of(4) {
         format!(
             "Base64 encoded length is expected a multiple of 4 bytes but found: {}",
             b64.len()
         )
     } else {
-        match B64.decode(b64.as_bytes()) {
-            Ok(d) => return Ok(d),
+        scratch.clear();
+        match B64.decode_vec(b64.as_bytes(), scratch) {
+            Ok(()) => return Ok(scratch.len()),
             Err(e) => e.to_string(),
         }
     };
@@ -114,12 +122,22 @@ fn decode_blob(b64: &str) -> Result<Vec<u8>, ApiError> {
 }
 
 /// Checks one record against the API model; `index` is its 0-based position in
-/// PutRecords (`None` for PutRecord), used only in the member path of a message.
-fn decode_record(r: RecordIn, index: Option<usize>) -> Result<Decoded, ApiError> {
-    let data = decode_blob(&validate::required(r.data, &member(index, "data"))?)?;
-    if data.len() > MODEL_MAX_RECORD_BYTES {
-        return Err(data_too_long(data.len(), index, MODEL_MAX_RECORD_BYTES));
+/// PutRecords (`None` for PutRecord), used only in the member path of a message. The data
+/// is kept only if `keep` (the simulator stores records); `scratch` is decoding space.
+fn decode_record(
+    r: RecordIn,
+    index: Option<usize>,
+    keep: bool,
+    scratch: &mut Vec<u8>,
+) -> Result<Decoded, ApiError> {
+    let data_len = decode_blob(
+        &validate::required(r.data, &member(index, "data"))?,
+        scratch,
+    )?;
+    if data_len > MODEL_MAX_RECORD_BYTES {
+        return Err(data_too_long(data_len, index, MODEL_MAX_RECORD_BYTES));
     }
+    let data = if keep { scratch.clone() } else { Vec::new() };
     if let Some(pk) = &r.partition_key {
         let chars = if pk.is_ascii() {
             pk.len()
@@ -144,6 +162,7 @@ fn decode_record(r: RecordIn, index: Option<usize>) -> Result<Decoded, ApiError>
     };
     Ok(Decoded {
         index,
+        data_len,
         data,
         partition_key: r.partition_key,
         explicit_hash_key: r.explicit_hash_key,
@@ -191,14 +210,15 @@ fn admit(stream: &Stream, records: Vec<Decoded>) -> Result<(Vec<PutEntry>, u64),
             };
             (pk, Some(hash))
         };
-        if d.data.len() > max {
-            return Err(data_too_long(d.data.len(), d.index, max));
+        if d.data_len > max {
+            return Err(data_too_long(d.data_len, d.index, max));
         }
-        total += (d.data.len() + partition_key.len()) as u64;
+        total += (d.data_len + partition_key.len()) as u64;
         entries.push(PutEntry {
             hash,
             partition_key,
             explicit_hash_key: d.explicit_hash_key,
+            data_len: d.data_len,
             data: d.data,
             fail: false,
         });
@@ -232,10 +252,12 @@ pub(super) fn put_records<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
     let shown = format!("[{} records]", records.len());
     let shown: &dyn std::fmt::Display = if records.is_empty() { &"[]" } else { &shown };
     validate::length_in(shown, records.len(), &"records", 1, MAX_PUT_RECORDS)?;
+    let keep = reg.cfg.store_records;
+    let mut scratch = Vec::new();
     let decoded = records
         .into_iter()
         .enumerate()
-        .map(|(i, r)| decode_record(r, Some(i)))
+        .map(|(i, r)| decode_record(r, Some(i), keep, &mut scratch))
         .collect::<Result<Vec<_>, _>>()?;
     let stream = resolve(reg, req.stream_name.as_deref(), req.stream_arn.as_deref())?;
     writable(reg, &stream)?;
@@ -295,7 +317,7 @@ pub(super) fn put_records<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a
 pub(super) fn put_record<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a> {
     let req: RecordIn = parse(body)?;
     let (name, arn) = (req.stream_name.clone(), req.stream_arn.clone());
-    let decoded = decode_record(req, None)?;
+    let decoded = decode_record(req, None, reg.cfg.store_records, &mut Vec::new())?;
     let stream = resolve(reg, name.as_deref(), arn.as_deref())?;
     writable(reg, &stream)?;
     let (entries, _) = admit(&stream, vec![decoded])?;

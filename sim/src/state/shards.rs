@@ -117,6 +117,8 @@ pub(crate) struct PutEntry {
     pub hash: Option<u128>,
     pub partition_key: String,
     pub explicit_hash_key: Option<String>,
+    /// The data's length; the data itself is empty unless records are stored.
+    pub data_len: usize,
     pub data: Vec<u8>,
     /// Injected `InternalFailure` for this record.
     pub fail: bool,
@@ -287,7 +289,7 @@ impl StreamState {
         let mut out = Vec::with_capacity(entries.len());
         for e in entries {
             let index = self.place(e.hash);
-            let size = (e.data.len() + e.partition_key.len()) as u64;
+            let size = (e.data_len + e.partition_key.len()) as u64;
             let shard = &mut self.shards[index as usize];
             if e.fail {
                 shard.counters.failed_records += 1;
@@ -418,6 +420,7 @@ mod tests {
             hash: Some(hash),
             partition_key: "k".into(),
             explicit_hash_key: None,
+            data_len: 10,
             data: vec![0; 10],
             fail: false,
         }
@@ -489,12 +492,14 @@ mod tests {
         st.competing_share = 0.5;
         let now = Instant::now();
         let big = PutEntry {
+            data_len: 100 * 1024,
             data: vec![0; 100 * 1024],
             ..entry(1)
         };
         let res = st.put(
             (0..10)
                 .map(|_| PutEntry {
+                    data_len: big.data_len,
                     data: big.data.clone(),
                     ..entry(1)
                 })
