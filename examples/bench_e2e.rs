@@ -32,6 +32,8 @@
 //!   --keys N             distinct partition keys [10000]
 //!   --load X             offered load as a multiple of the stream's capacity
 //!   --tracked            use add() (futures dropped) instead of add_untracked()
+//!   --heap               cpu: count live heap bytes through the run and report the peak
+//!                        (peak_heap_growth_mib; an atomic per allocation, so CPU reads higher)
 //!   --endpoint URL       use an external endpoint (e.g. the kinesis-sim binary) instead of the
 //!   --stream NAME        in-process simulator; the stream must exist [stream: bench]
 //!   --producers N        fleet: producers [8]
@@ -40,6 +42,8 @@
 //!   --join-leave         fleet: a producer joins at T/3, one leaves at 2T/3
 //!   --series PATH        fleet: write one JSON line per second (per-producer accepted rates,
 //!                        rate factors, throttled fraction) for scripts/chart_fleet.py
+//!   --max-buffered-records N, --max-request-bytes N, --max-in-flight N
+//!                        the producer's settings, when not the defaults
 //! ```
 //!
 //! Every scenario prints one JSON line on stdout. CPU time comes from `getrusage` (whole
@@ -75,6 +79,8 @@ struct Opts {
     keys: usize,
     load: Option<f64>,
     tracked: bool,
+    /// Count live heap bytes through the `cpu` run (costs an atomic per allocation).
+    heap: bool,
     endpoint: Option<String>,
     stream: String,
     producers: Option<usize>,
@@ -92,7 +98,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: bench_e2e <cpu|accuracy|shared|latency|overload|fleet> [--seconds S] \
          [--warmup S] [--aggregation on|off] [--record-size N] [--shards N] [--streams N] \
-         [--keys N] [--load X] [--tracked] [--endpoint URL] [--stream NAME] [--producers N] \
+         [--keys N] [--load X] [--tracked] [--heap] [--endpoint URL] [--stream NAME] [--producers N] \
          [--throttle-model bucket|window] [--join-leave] [--series PATH] \
          [--max-buffered-records N] [--max-request-bytes N] [--max-in-flight N]"
     );
@@ -104,10 +110,12 @@ fn parse_args() -> Opts {
     let scenario = args.next().unwrap_or_else(|| usage());
     let mut flags: HashMap<String, String> = HashMap::new();
     let mut tracked = false;
+    let mut heap = false;
     let mut join_leave = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--tracked" => tracked = true,
+            "--heap" => heap = true,
             "--join-leave" => join_leave = true,
             "--seconds"
             | "--warmup"
@@ -163,6 +171,7 @@ fn parse_args() -> Opts {
         keys: num("keys").map_or(10_000, |v| v as usize),
         load: num("load"),
         tracked,
+        heap,
         endpoint: flags.get("endpoint").cloned(),
         stream: flags
             .get("stream")
@@ -180,33 +189,41 @@ fn parse_args() -> Opts {
 
 // ---- measurement helpers ------------------------------------------------------------------
 
-/// The system allocator, counting live heap bytes while [`COUNTING`] is set (only around
-/// `build`, to measure what the producer keeps per shard; one relaxed load otherwise).
+/// The system allocator, counting live heap bytes while [`COUNTING`] is set (around `build`,
+/// to measure what the producer keeps per shard, and through the run with `--heap`; one
+/// relaxed load otherwise).
 struct CountingAlloc;
 
 static COUNTING: AtomicBool = AtomicBool::new(false);
 static LIVE: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+/// Highest [`LIVE`] seen (`--heap`).
+static PEAK: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+/// Adds `delta` to the live count and keeps its peak.
+fn count(delta: isize) {
+    let live = LIVE.fetch_add(delta, AtomicOrdering::Relaxed) + delta;
+    if delta > 0 {
+        PEAK.fetch_max(live, AtomicOrdering::Relaxed);
+    }
+}
 
 // SAFETY: every call is forwarded to the system allocator unchanged.
 unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
         if COUNTING.load(AtomicOrdering::Relaxed) {
-            LIVE.fetch_add(layout.size() as isize, AtomicOrdering::Relaxed);
+            count(layout.size() as isize);
         }
         std::alloc::System.alloc(layout)
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
         if COUNTING.load(AtomicOrdering::Relaxed) {
-            LIVE.fetch_sub(layout.size() as isize, AtomicOrdering::Relaxed);
+            count(-(layout.size() as isize));
         }
         std::alloc::System.dealloc(ptr, layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         if COUNTING.load(AtomicOrdering::Relaxed) {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                AtomicOrdering::Relaxed,
-            );
+            count(new_size as isize - layout.size() as isize);
         }
         std::alloc::System.realloc(ptr, layout, new_size)
     }
@@ -785,8 +802,19 @@ fn scenario_cpu(o: &Opts) {
     let run = setup(o, false, 1, |b| b);
     let cpu0 = cpu_now();
     let t0 = Instant::now();
+    if o.heap {
+        LIVE.store(0, AtomicOrdering::SeqCst);
+        PEAK.store(0, AtomicOrdering::SeqCst);
+        COUNTING.store(true, AtomicOrdering::SeqCst);
+    }
     let (sent, _, _) = run.drive(o, None, 0.0, None);
     run.flush();
+    COUNTING.store(false, AtomicOrdering::SeqCst);
+    // The live heap's highest growth over the run (`--heap`; blocks allocated before the run
+    // and freed during it make this an underestimate of at most what existed at the start).
+    let peak_heap = o
+        .heap
+        .then(|| PEAK.load(AtomicOrdering::SeqCst) as f64 / MIB);
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_now();
     let stats = run.stats();
@@ -810,7 +838,7 @@ fn scenario_cpu(o: &Opts) {
          \"cpu_s_per_million_process\":{},\"cpu_s_per_million_producer\":{},\
          \"cpu_s_per_million_sim\":{},\"producer_us_per_record\":{},\
          \"floor_us_per_record\":{},\"producer_to_floor\":{},\"peak_rss_mib\":{},\
-         \"build_heap_bytes\":{}}}",
+         \"peak_heap_growth_mib\":{},\"build_heap_bytes\":{}}}",
         o.aggregation,
         o.tracked,
         o.endpoint.is_some(),
@@ -827,6 +855,7 @@ fn scenario_cpu(o: &Opts) {
         r3(floor),
         r3(producer_us / floor),
         r3(rss_kib as f64 / 1024.0),
+        peak_heap.map_or("null".to_string(), |m| r3(m).to_string()),
         run.build_heap,
     );
     eprintln!(
