@@ -204,6 +204,52 @@ async fn every_record_stored_once_aggregation_on() {
     every_record_stored_once(true).await;
 }
 
+/// On a stream of thousands of shards the engine takes records a few ahead of the one it
+/// queues (to prefetch their shards' state): every record is still stored once, in its
+/// shard's range, and a flush taken behind records still answers only once they are resolved.
+async fn thousands_of_shards(aggregation: bool) {
+    use futures::FutureExt as _;
+    let stream = if aggregation {
+        "wide-agg"
+    } else {
+        "wide-plain"
+    };
+    let sim = start(stream, 4_096).await;
+    let p = build(&sim, builder(stream).aggregation(aggregation)).await;
+    let added = add_all(&p, 6_000, 6_000).await;
+    tokio::time::timeout(DEADLINE, p.flush())
+        .await
+        .expect("flush in time")
+        .expect("flush");
+    let results: Vec<_> = added
+        .into_iter()
+        .map(|(r, pending)| {
+            // (Unconstrained: Tokio's cooperative budget would report a ready future pending
+            // after a hundred or so polls in one task.)
+            let result = tokio::task::unconstrained(pending).now_or_never();
+            assert!(result.is_some(), "{r:?} unresolved when the flush answered");
+            (r, result.expect("resolved"))
+        })
+        .collect();
+    assert_stored(&sim, stream, &results);
+    let shards_used: HashSet<_> = results
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|o| o.shard_id.to_string()))
+        .collect();
+    assert!(shards_used.len() > 2_000, "{} shards", shards_used.len());
+    shutdown(&p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_shards_aggregation_off() {
+    thousands_of_shards(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_shards_aggregation_on() {
+    thousands_of_shards(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_hash_keys_route_and_round_trip() {
     let stream = "ehk";

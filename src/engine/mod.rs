@@ -43,6 +43,7 @@ use crate::buffer::BufferGauge;
 use crate::collector::{Batch, Collector};
 use crate::congestion::Concurrency;
 use crate::error::RecordError;
+use crate::hash_key::HashKey;
 use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry};
 use crate::limiter::RateControl;
 use crate::metrics::Metrics;
@@ -195,6 +196,23 @@ impl Engine {
     }
 
     // ---- inputs -------------------------------------------------------------------------
+
+    /// How many shards it sends to.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Hints that a record of hash key `key` comes soon: its shard's state is brought into
+    /// cache meanwhile.
+    pub fn prefetch_state(&self, key: HashKey) {
+        self.shards.prefetch_state(key);
+    }
+
+    /// Hints that a record of hash key `key` comes next: the queue slot it goes to is brought
+    /// into cache (its shard's state should be already).
+    pub fn prefetch_queue_slot(&self, key: HashKey) {
+        self.shards.prefetch_queue_slot(key);
+    }
 
     /// A new user record (validated by `add`; its buffer room already taken).
     pub fn on_record(&mut self, mut entry: Entry, now: Instant) {

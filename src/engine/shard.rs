@@ -266,6 +266,31 @@ impl Shards {
         }
     }
 
+    /// Prefetches the state of the shard `key` falls on.
+    pub fn prefetch_state(&self, key: HashKey) {
+        if let Some(st) = self.states.get(self.slot_for(key)) {
+            prefetch((st as *const ShardState).cast());
+        }
+    }
+
+    /// Prefetches the queue slot the next record of `key`'s shard goes to (an entry spans
+    /// three cache lines).
+    pub fn prefetch_queue_slot(&self, key: HashKey) {
+        let Some(st) = self.states.get(self.slot_for(key)) else {
+            return;
+        };
+        if st.queue.len() < st.queue.capacity() {
+            // After the last entry; at the end of the buffer the slot wraps to its start, and
+            // the hint is only wasted.
+            let (front, back) = st.queue.as_slices();
+            let last = if back.is_empty() { front } else { back };
+            let slot = last.as_ptr_range().end.cast::<u8>();
+            for line in 0..3 {
+                prefetch(slot.wrapping_add(64 * line));
+            }
+        }
+    }
+
     /// Queues a new record behind the others of its shard, and marks the shard ready if `wake`
     /// says that the shard, as it is now, may send.
     pub fn enqueue_back(&mut self, e: Entry, now: Instant, wake: impl FnOnce(&ShardState) -> bool) {
@@ -380,4 +405,18 @@ impl IndexMut<usize> for Shards {
         self.mark_ready(i);
         &mut self.states[i]
     }
+}
+
+/// Asks the CPU to bring the cache line holding `p` into cache.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    // SAFETY: a prefetch is a hint to the cache; it reads nothing into the program and does
+    // not fault, whatever the address. The SSE it needs is part of every x86_64 target.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
