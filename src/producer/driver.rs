@@ -380,6 +380,8 @@ impl Driver {
     /// Handles `first` and what else the ingest channel holds, up to [`INGEST_BATCH`].
     fn ingest(&mut self, first: Msg, intake: &Receiver<Msg>, now: Instant) {
         let ahead = self.lookahead_depth();
+        // (The loop without look-ahead stays apart: going through `take` with no look-ahead
+        // measured a few per cent slower at 64 shards.)
         if ahead == 0 {
             self.on_msg(first, now);
             for _ in 0..INGEST_BATCH {
