@@ -16,8 +16,11 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Queue capacity an empty shard may keep; a larger one is freed when the queue drains.
-pub(super) const IDLE_QUEUE_CAPACITY: usize = 64;
+/// Queue capacity an empty shard may keep (1,280 bytes of entries); a larger one is freed when
+/// the queue drains. At 10,000 shards a queue holds a few dozen records between aggregates:
+/// keeping 64 slots (10 KiB) per drained queue held 40 MiB more heap than the records in them
+/// (`bench_e2e cpu --shards 10000 --heap`; BENCHMARKS.md, issue 12), for about 5 % less CPU.
+pub(super) const IDLE_QUEUE_CAPACITY: usize = 8;
 
 /// Under [`AggregationScope::PartitionKey`], how many queued records of other keys an aggregate
 /// looks past, after the last record of its key, for the next one (see

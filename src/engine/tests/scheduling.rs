@@ -214,7 +214,13 @@ fn a_drained_queue_gives_its_memory_back() {
         st.queue.capacity()
     };
     assert_eq!(fill(&mut h, 1_000, 0), 0, "empty: all given back");
-    assert_eq!(fill(&mut h, 64, 0), 64, "a small queue keeps its room");
+    let small = super::super::shard_state::IDLE_QUEUE_CAPACITY;
+    assert_eq!(
+        fill(&mut h, small, 0),
+        small,
+        "a small queue keeps its room"
+    );
+    assert_eq!(fill(&mut h, small + 1, 0), 0, "one slot more: given back");
     let quarter = fill(&mut h, 1_000, 256);
     assert!(quarter >= 1_000, "a quarter in use is kept: {quarter}");
     let _ = h.engine.shards.state_mut(0).queue.drain(..);
