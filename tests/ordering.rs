@@ -7,7 +7,7 @@ mod support;
 use bytes::Bytes;
 use kinesis_producer::{deaggregate_strict, Ordering, Producer};
 use kinesis_sim::{SimConfig, Simulator};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use support::invariants::{hash_of, record_id, resolve_all, tagged_record, verify};
 
@@ -67,6 +67,24 @@ fn kcl_order(sim: &Simulator, stream: &str) -> Vec<(String, u128, usize)> {
     out
 }
 
+/// Reads the stream as a KCL consumer does and asserts that each hash key's records come in
+/// the order they were added; returns the shard each record was read from, in reading order.
+fn assert_per_key_order(sim: &Simulator, stream: &str) -> Vec<String> {
+    let mut last: HashMap<u128, usize> = HashMap::new();
+    let mut read = Vec::new();
+    for (shard, key, id) in kcl_order(sim, stream) {
+        if let Some(&prev) = last.get(&key) {
+            assert!(
+                id > prev,
+                "key {key}: record {id} read after {prev} (in {shard}): per-key order broken"
+            );
+        }
+        last.insert(key, id);
+        read.push(shard);
+    }
+    read
+}
+
 async fn ordered_across_reshards(aggregation: bool) {
     let sim = Simulator::start(SimConfig::default()).await.expect("start");
     sim.create_stream("ordered", 4).expect("create");
@@ -100,19 +118,8 @@ async fn ordered_across_reshards(aggregation: bool) {
     let outcomes = resolve_all(pending, Duration::from_secs(240)).await;
     let v = verify(&sim, "ordered", &outcomes);
     assert_eq!(v.ok, n, "every record stored: {v:?}");
-    let mut last: HashMap<u128, usize> = HashMap::new();
-    let mut seen = 0;
-    for (shard, key, id) in kcl_order(&sim, "ordered") {
-        if let Some(&prev) = last.get(&key) {
-            assert!(
-                id > prev,
-                "key {key}: record {id} read after {prev} (in {shard}): per-key order broken"
-            );
-        }
-        last.insert(key, id);
-        seen += 1;
-    }
-    assert_eq!(seen, n, "each record visible once to the KCL reader");
+    let read = assert_per_key_order(&sim, "ordered");
+    assert_eq!(read.len(), n, "each record visible once to the KCL reader");
     let st = p.stats();
     assert!(
         st.shard_map_refreshes >= 1,
@@ -153,18 +160,7 @@ async fn per_key_order_holds_on_thousands_of_shards() {
     let outcomes = resolve_all(pending, Duration::from_secs(240)).await;
     let v = verify(&sim, "wide", &outcomes);
     assert_eq!(v.ok, n, "every record stored: {v:?}");
-    let mut last: HashMap<u128, usize> = HashMap::new();
-    let mut shards = std::collections::HashSet::new();
-    for (shard, key, id) in kcl_order(&sim, "wide") {
-        if let Some(&prev) = last.get(&key) {
-            assert!(
-                id > prev,
-                "key {key}: record {id} read after {prev} (in {shard}): per-key order broken"
-            );
-        }
-        last.insert(key, id);
-        shards.insert(shard);
-    }
+    let shards: HashSet<String> = assert_per_key_order(&sim, "wide").into_iter().collect();
     assert!(shards.len() > 2_048, "{} shards written", shards.len());
     p.shutdown().await.expect("shutdown");
 }
