@@ -47,7 +47,8 @@ pub(super) struct ShardState {
     /// In the limited list.
     pub(super) limited: bool,
     pub info: ShardInfo,
-    /// Unique among the states the engine ever made (given by [`Shards::install`](super::shard::Shards::install)).
+    /// Unique among the states the engine ever made (given by
+    /// [`Shards::install`](super::shard::Shards::install)).
     pub uid: u64,
     pub sealed: Option<KRecord>,
     pub limiter: ShardLimiter,
