@@ -203,15 +203,16 @@ impl Engine {
     }
 
     /// Hints that a record of hash key `key` comes soon: its shard's state is brought into
-    /// cache meanwhile.
-    pub fn prefetch_state(&self, key: HashKey) {
-        self.shards.prefetch_state(key);
+    /// cache meanwhile. Returns the shard's index, for [`Engine::prefetch_queue_slot`].
+    pub fn prefetch_state(&self, key: HashKey) -> usize {
+        self.shards.prefetch_state(key)
     }
 
-    /// Hints that a record of hash key `key` comes next: the queue slot it goes to is brought
-    /// into cache (its shard's state should be already).
-    pub fn prefetch_queue_slot(&self, key: HashKey) {
-        self.shards.prefetch_queue_slot(key);
+    /// Hints that a record for shard index `shard` comes next: the queue slot it goes to is
+    /// brought into cache (the shard's state should be already). A stale index only wastes
+    /// the hint.
+    pub fn prefetch_queue_slot(&self, shard: usize) {
+        self.shards.prefetch_queue_slot(shard);
     }
 
     /// A new user record (validated by `add`; its buffer room already taken).

@@ -266,17 +266,19 @@ impl Shards {
         }
     }
 
-    /// Prefetches the state of the shard `key` falls on.
-    pub fn prefetch_state(&self, key: HashKey) {
-        if let Some(st) = self.states.get(self.slot_for(key)) {
+    /// Prefetches the state of the shard `key` falls on; returns its index.
+    pub fn prefetch_state(&self, key: HashKey) -> usize {
+        let i = self.slot_for(key);
+        if let Some(st) = self.states.get(i) {
             prefetch((st as *const ShardState).cast());
         }
+        i
     }
 
-    /// Prefetches the queue slot the next record of `key`'s shard goes to (an entry spans
-    /// three cache lines).
-    pub fn prefetch_queue_slot(&self, key: HashKey) {
-        let Some(st) = self.states.get(self.slot_for(key)) else {
+    /// Prefetches the queue slot the next record of shard `i` goes to (an entry spans three
+    /// cache lines).
+    pub fn prefetch_queue_slot(&self, i: usize) {
+        let Some(st) = self.states.get(i) else {
             return;
         };
         if st.queue.len() < st.queue.capacity() {

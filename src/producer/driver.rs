@@ -12,6 +12,7 @@
 //! poll, those whose deadline is due (a heap of deadlines, stale entries skipped), and, when a
 //! request of any stream answers, the stream that waited longest for in-flight room.
 
+mod ingest;
 mod io;
 
 use super::streams::{Registry, StreamEntry};
@@ -34,17 +35,6 @@ use tokio::sync::oneshot;
 
 /// Longest wait of the engine loop when nothing is scheduled.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-/// Messages the engine takes from the ingest channel between two polls.
-const INGEST_BATCH: usize = 4096;
-
-/// How many messages the engine takes from the ingest channel ahead of the one it handles, on
-/// a stream of at least [`LOOKAHEAD_MIN_SHARDS`] shards (see [`Driver::take`]).
-const LOOKAHEAD: usize = 16;
-/// Below this many shards, the shards' states and queues stay in cache: no look-ahead, which
-/// would only cost a move per record (`bench_e2e cpu`: +5 % at 64 shards, neutral at 1,024,
-/// 1-12 % less at 4,096 and 10,000; BENCHMARKS.md, issue 12).
-const LOOKAHEAD_MIN_SHARDS: usize = 2048;
-
 /// Entries of the driver's cache of recently seen stream names.
 const RECENT: usize = 16;
 
@@ -117,7 +107,8 @@ pub(super) struct Driver {
     /// are answered even when the runtime that ran the requests is gone.
     joins: Vec<(Vec<oneshot::Receiver<()>>, oneshot::Sender<()>)>,
     /// Messages taken from the ingest channel, not yet handled (see [`Driver::take`]).
-    lookahead: VecDeque<Msg>,
+    /// (With the shard index of a record of the producer's own stream.)
+    lookahead: VecDeque<(Msg, Option<usize>)>,
 }
 
 impl Driver {
@@ -145,7 +136,7 @@ impl Driver {
             actions: Vec::new(),
             shutting_down: false,
             joins: Vec::new(),
-            lookahead: VecDeque::with_capacity(LOOKAHEAD + 1),
+            lookahead: VecDeque::with_capacity(ingest::LOOKAHEAD + 1),
         };
         driver.add_slot(engine, stream);
         std::thread::Builder::new()
@@ -362,98 +353,6 @@ impl Driver {
             return Some(Instant::now());
         }
         self.heap.peek().map(|Reverse((at, ..))| *at)
-    }
-
-    /// How far ahead to take messages: [`LOOKAHEAD`] when the producer's own stream has
-    /// thousands of shards, else none.
-    fn lookahead_depth(&self) -> usize {
-        let many = self.slots[0]
-            .as_ref()
-            .is_some_and(|s| s.engine.shard_count() >= LOOKAHEAD_MIN_SHARDS);
-        if many {
-            LOOKAHEAD
-        } else {
-            0
-        }
-    }
-
-    /// Handles `first` and what else the ingest channel holds, up to [`INGEST_BATCH`].
-    fn ingest(&mut self, first: Msg, intake: &Receiver<Msg>, now: Instant) {
-        let ahead = self.lookahead_depth();
-        // (The loop without look-ahead stays apart: going through `take` with no look-ahead
-        // measured a few per cent slower at 64 shards.)
-        if ahead == 0 {
-            self.on_msg(first, now);
-            for _ in 0..INGEST_BATCH {
-                match intake.try_recv() {
-                    Ok(msg) => self.on_msg(msg, now),
-                    Err(_) => break,
-                }
-            }
-            return;
-        }
-        self.take(first, ahead, now);
-        for _ in 0..INGEST_BATCH {
-            match intake.try_recv() {
-                Ok(msg) => self.take(msg, ahead, now),
-                Err(_) => break,
-            }
-        }
-        while let Some(msg) = self.lookahead.pop_front() {
-            self.on_msg(msg, now);
-        }
-    }
-
-    /// Handles `msg` after the `ahead` messages that follow it have been taken. On a stream of
-    /// thousands of shards a record's shard state and queue are rarely in cache: the state of
-    /// each record taken is prefetched, and the queue slot of the one halfway along (its state
-    /// now in cache), so that the misses overlap instead of stalling one record at a time.
-    /// Messages are handled in the order they came.
-    fn take(&mut self, msg: Msg, ahead: usize, now: Instant) {
-        let own = |m: &Msg| match m {
-            Msg::Record(e) if e.stream.is_none() => Some(e.hash_key),
-            _ => None,
-        };
-        let engine = &self.slots[0]
-            .as_ref()
-            .expect("the producer's own stream")
-            .engine;
-        if let Some(key) = own(&msg) {
-            engine.prefetch_state(key);
-        }
-        if let Some(key) = self.lookahead.get(ahead / 2).and_then(own) {
-            engine.prefetch_queue_slot(key);
-        }
-        self.lookahead.push_back(msg);
-        if self.lookahead.len() > ahead {
-            let msg = self.lookahead.pop_front().expect("more than `ahead` held");
-            self.on_msg(msg, now);
-        }
-    }
-
-    fn on_msg(&mut self, msg: Msg, now: Instant) {
-        match msg {
-            Msg::Record(entry) => {
-                let i = match &entry.stream {
-                    None => 0,
-                    Some(name) => self.slot_for(name, now),
-                };
-                self.slot(i).engine.on_record(entry, now);
-                self.touch(i);
-            }
-            Msg::Flush(reply) => {
-                let slots: Vec<usize> = self.live_slots().collect();
-                let mut replies = Vec::with_capacity(slots.len());
-                for i in slots {
-                    let (tx, rx) = oneshot::channel();
-                    self.slot(i).engine.on_flush(tx);
-                    self.touch(i);
-                    replies.push(rx);
-                }
-                self.joins.push((replies, reply));
-            }
-            Msg::Shutdown(reply) => self.shut_down(Some(reply), now),
-        }
     }
 
     /// Every stream's engine drains and stops; `reply` fires when all have.
