@@ -102,17 +102,17 @@ fn data_too_long(len: usize, index: Option<usize>, max: usize) -> ApiError {
 }
 
 /// Decodes base64 as AWS does, with its message for a length that is no multiple of 4, into
-/// `scratch` (reused across a request's records); returns the decoded length.
-fn decode_blob(b64: &str, scratch: &mut Vec<u8>) -> Result<usize, ApiError> {
+/// `out` (cleared first); returns the decoded length.
+fn decode_blob(b64: &str, out: &mut Vec<u8>) -> Result<usize, ApiError> {
     let why = if !b64.len().is_multiple_of(4) {
         format!(
             "Base64 encoded length is expected a multiple of 4 bytes but found: {}",
             b64.len()
         )
     } else {
-        scratch.clear();
-        match B64.decode_vec(b64.as_bytes(), scratch) {
-            Ok(()) => return Ok(scratch.len()),
+        out.clear();
+        match B64.decode_vec(b64.as_bytes(), out) {
+            Ok(()) => return Ok(out.len()),
             Err(e) => e.to_string(),
         }
     };
@@ -123,21 +123,22 @@ fn decode_blob(b64: &str, scratch: &mut Vec<u8>) -> Result<usize, ApiError> {
 
 /// Checks one record against the API model; `index` is its 0-based position in
 /// PutRecords (`None` for PutRecord), used only in the member path of a message. The data
-/// is kept only if `keep` (the simulator stores records); `scratch` is decoding space.
+/// is kept only if `keep` (the simulator stores records); otherwise it is decoded into
+/// `scratch`, decoding space reused across a request's records.
 fn decode_record(
     r: RecordIn,
     index: Option<usize>,
     keep: bool,
     scratch: &mut Vec<u8>,
 ) -> Result<Decoded, ApiError> {
+    let mut data = Vec::new();
     let data_len = decode_blob(
         &validate::required(r.data, &member(index, "data"))?,
-        scratch,
+        if keep { &mut data } else { scratch },
     )?;
     if data_len > MODEL_MAX_RECORD_BYTES {
         return Err(data_too_long(data_len, index, MODEL_MAX_RECORD_BYTES));
     }
-    let data = if keep { scratch.clone() } else { Vec::new() };
     if let Some(pk) = &r.partition_key {
         let chars = if pk.is_ascii() {
             pk.len()
