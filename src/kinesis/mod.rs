@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 mod put_records;
+mod results;
 
 /// A boxed, sendable future: what the seam's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -8,9 +8,11 @@
 //!   copied into a `String`) and grows its output by doubling, copying the body each time; for a
 //!   5 MiB request that is about 8 MiB held and 5 MiB copied. Here the length is worked out
 //!   first, then each record's data is base64-encoded straight into its place.
-//! - **Response.** The SDK makes two `String`s per result; here the results borrow from the
-//!   body, and a shard's id (or an error code) repeated in a row is one shared allocation.
+//! - **Response.** The SDK makes two `String`s per result; here (`super::results`) the results
+//!   are read in one pass, and a shard's id (or an error code) repeated in a row is one shared
+//!   allocation.
 
+use super::results::parse_results;
 use super::{ClientError, ClientErrorKind, PutRecordsEntry, PutRecordsResultEntry};
 use crate::config::StreamRef;
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -24,8 +26,6 @@ use aws_smithy_types::byte_stream::ByteStream;
 use aws_smithy_types::config_bag::ConfigBag;
 use base64_simd::STANDARD;
 use bytes::Bytes;
-use serde::Deserialize;
-use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 /// The interceptor of one PutRecords call: its request body, and the response body it took.
@@ -107,71 +107,6 @@ impl Intercept for WireInterceptor {
             *self.0.response.lock().expect("wire") = Some(body);
         }
         Ok(())
-    }
-}
-
-#[derive(Deserialize)]
-struct Output<'a> {
-    #[serde(rename = "Records", borrow)]
-    records: Vec<ResultEntry<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ResultEntry<'a> {
-    #[serde(rename = "ShardId", borrow, default)]
-    shard_id: Option<Cow<'a, str>>,
-    #[serde(rename = "SequenceNumber", borrow, default)]
-    sequence_number: Option<Cow<'a, str>>,
-    #[serde(rename = "ErrorCode", borrow, default)]
-    error_code: Option<Cow<'a, str>>,
-    #[serde(rename = "ErrorMessage", borrow, default)]
-    error_message: Option<Cow<'a, str>>,
-}
-
-/// The results in a PutRecords response `body`, one per record sent (`n`), in order.
-pub(crate) fn parse_results(
-    body: &[u8],
-    n: usize,
-) -> Result<Vec<PutRecordsResultEntry>, ClientError> {
-    let out: Output<'_> = serde_json::from_slice(body).map_err(|e| {
-        ClientError::new(
-            ClientErrorKind::Service,
-            format!("PutRecords answered a body that is not its output: {e}"),
-        )
-    })?;
-    if out.records.len() != n {
-        return Err(ClientError::new(
-            ClientErrorKind::Service,
-            format!(
-                "PutRecords answered {} results for {n} records",
-                out.records.len()
-            ),
-        ));
-    }
-    let (mut shard_ids, mut codes) = (None, None);
-    Ok(out
-        .records
-        .into_iter()
-        .map(|r| match (r.shard_id, r.sequence_number, r.error_code) {
-            (Some(shard), Some(seq), None) => PutRecordsResultEntry::Ok {
-                shard_id: reuse(&mut shard_ids, &shard),
-                sequence_number: Arc::from(&*seq),
-            },
-            (_, _, code) => PutRecordsResultEntry::Err {
-                code: reuse(&mut codes, code.as_deref().unwrap_or("MissingResult")),
-                message: Arc::from(r.error_message.as_deref().unwrap_or("")),
-            },
-        })
-        .collect())
-}
-
-/// `s` as an `Arc`, the previous one's when it is the same string: the results of one shard
-/// come together (the collector packs a shard's records in a row), as do the codes of a
-/// throttled run, so they share one allocation instead of one each.
-fn reuse(last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
-    match last {
-        Some(a) if **a == *s => a.clone(),
-        _ => last.insert(s.into()).clone(),
     }
 }
 
@@ -343,16 +278,6 @@ mod tests {
             }
         }
 
-        /// Whatever a service answers, reading it is an error or as many results as were sent.
-        #[test]
-        fn any_response_is_read_without_panicking(
-            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
-            n in 0usize..4,
-        ) {
-            if let Ok(results) = parse_results(&body, n) {
-                proptest::prop_assert_eq!(results.len(), n);
-            }
-        }
     }
 
     #[test]
@@ -376,62 +301,6 @@ mod tests {
             "a raw control byte in {body:?}"
         );
         assert_eq!(parse(&body)["Records"][0]["PartitionKey"], key.as_str());
-    }
-
-    #[test]
-    fn results_are_read_in_order_with_errors_and_unknown_fields() {
-        let body = br#"{"FailedRecordCount":1,"EncryptionType":"NONE","Records":[
-            {"SequenceNumber":"495","ShardId":"shardId-000000000001"},
-            {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"Rate \"exceeded\""},
-            {"SequenceNumber":"496","ShardId":"shardId-000000000001","ErrorCode":null},
-            {"ErrorCode":"InternalFailure"}]}"#;
-        let got = parse_results(body, 4).expect("parsed");
-        let ok = |shard: &str, seq: &str| PutRecordsResultEntry::Ok {
-            shard_id: shard.into(),
-            sequence_number: seq.into(),
-        };
-        let err = |code: &str, message: &str| PutRecordsResultEntry::Err {
-            code: code.into(),
-            message: message.into(),
-        };
-        assert_eq!(
-            got,
-            vec![
-                ok("shardId-000000000001", "495"),
-                err(
-                    "ProvisionedThroughputExceededException",
-                    "Rate \"exceeded\""
-                ),
-                ok("shardId-000000000001", "496"),
-                err("InternalFailure", ""),
-            ]
-        );
-    }
-
-    #[test]
-    fn a_response_that_does_not_match_the_request_is_an_error() {
-        let one = br#"{"Records":[{"SequenceNumber":"1","ShardId":"s"}]}"#;
-        let e = parse_results(one, 2).expect_err("count");
-        assert!(e.message.contains("1 results for 2 records"), "{e}");
-        let e = parse_results(b"<html>", 1).expect_err("not JSON");
-        assert_eq!(e.kind, ClientErrorKind::Service);
-        assert!(e.message.contains("not its output"), "{e}");
-        // A result with neither a sequence number nor a code is a failure, not a success.
-        let got = parse_results(br#"{"Records":[{"ShardId":"s"}]}"#, 1).expect("parsed");
-        assert!(
-            matches!(&got[0], PutRecordsResultEntry::Err { code, .. } if &**code == "MissingResult")
-        );
-    }
-
-    #[test]
-    fn a_string_repeated_in_a_row_shares_one_allocation() {
-        let mut last = None;
-        let a = reuse(&mut last, "shardId-000000000001");
-        let b = reuse(&mut last, "shardId-000000000001");
-        let c = reuse(&mut last, "shardId-000000000002");
-        assert!(Arc::ptr_eq(&a, &b));
-        assert_eq!(&*c, "shardId-000000000002");
-        assert!(!Arc::ptr_eq(&b, &c));
     }
 
     #[test]
