@@ -36,6 +36,48 @@ impl HashKey {
     }
 }
 
+/// A hash key's decimal digits, held on the stack (`HashKey::decimal`).
+#[derive(Clone, Copy)]
+pub(crate) struct Decimal {
+    digits: [u8; 39],
+    len: u8,
+}
+
+impl HashKey {
+    /// Its decimal digits (`0`, or up to 39 digits without a leading zero).
+    pub(crate) fn decimal(self) -> Decimal {
+        struct Fill<'a>(&'a mut Decimal);
+        impl fmt::Write for Fill<'_> {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let at = usize::from(self.0.len);
+                let to = self.0.digits.get_mut(at..at + s.len()).ok_or(fmt::Error)?;
+                to.copy_from_slice(s.as_bytes());
+                self.0.len += s.len() as u8;
+                Ok(())
+            }
+        }
+        let mut d = Decimal {
+            digits: [0; 39],
+            len: 0,
+        };
+        fmt::write(&mut Fill(&mut d), format_args!("{}", self.0)).expect("39 digits at most");
+        d
+    }
+}
+
+impl std::ops::Deref for Decimal {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.digits[..usize::from(self.len)]).expect("ASCII digits")
+    }
+}
+
+impl fmt::Display for Decimal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
 impl fmt::Display for HashKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.0, f)
@@ -71,6 +113,24 @@ pub enum ExplicitHashKeyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_decimal_is_the_number_as_the_api_spells_it() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            12345,
+            u64::MAX as u128 + 1,
+            u128::MAX - 1,
+            u128::MAX,
+        ] {
+            let d = HashKey(n).decimal();
+            assert_eq!(&*d, n.to_string());
+            assert_eq!(HashKey::parse_explicit(&d), Ok(HashKey(n)));
+        }
+    }
 
     /// MD5 digests computed independently (`printf '%s' KEY | md5sum`).
     #[test]

@@ -155,7 +155,7 @@ impl Engine {
             if st.sealed.is_none() {
                 let Some(front) = st.queue.front() else { break };
                 if self.s.aggregation && !flushing {
-                    let (deadline, arrival) = (front.deadline(ttl), front.arrival);
+                    let (deadline, arrival) = (front.deadline(ttl), front.arrival());
                     let max_buffered_time = self.s.config.max_buffered_time;
                     let due = st.linger_due(max_buffered_time).expect("queue has a front");
                     let full = st.full(aggregate_max, self.s.config.aggregation_max_count);

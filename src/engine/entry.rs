@@ -2,14 +2,14 @@
 //! from one or more of them ([`KRecord`]).
 
 use crate::error::RecordError;
-use crate::hash_key::HashKey;
+use crate::hash_key::{Decimal, HashKey};
 use crate::kinesis::PutRecordsEntry;
 use crate::record::{Attempt, PutOutcome, UserRecord};
 use crate::retry;
 use bytes::Bytes;
 use compact_str::CompactString;
 use smallvec::{smallvec, SmallVec};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -26,24 +26,22 @@ pub(crate) type Reply = oneshot::Sender<Result<PutOutcome, RecordError>>;
 /// so from [`UserRecord::partition_key`]; [`Entry::record`] rebuilds the user's record where one
 /// is handed back (failures, dead letters, a refused `add`).
 ///
-/// It is kept small (160 bytes): a full buffer holds hundreds of thousands of entries in its
-/// shard queues, and each one is moved through the ingest channel and its queue. The deadline
-/// is worked out from the arrival and the TTL ([`Entry::deadline`]); attempts are stored only
-/// once a record has been tried ([`Attempts`]).
+/// It is kept small (128 bytes, two cache lines): a full buffer holds hundreds of thousands of
+/// entries in its shard queues, and each one is moved through the ingest channel and its
+/// queue. The deadline is worked out from the arrival and the TTL ([`Entry::deadline`]); the
+/// arrival and two flags are held in 8 bytes ([`Stamp`]); an explicit hash key is its parsed value, `hash_key`
+/// (`add` accepts only the API's spelling of a number, so its decimal is the string the user
+/// gave); attempts are stored only once a record has been tried ([`Attempts`]).
 pub(crate) struct Entry {
     pub seq: u64,
     pub key: CompactString,
-    pub explicit_hash_key: Option<Box<str>>,
     pub data: Bytes,
     /// The stream it goes to, as the user named it (`None`: the producer's).
     pub stream: Option<Arc<str>>,
     pub hash_key: HashKey,
-    pub arrival: Instant,
+    stamp: Stamp,
     pub attempts: Attempts,
     pub reply: Option<Reply>,
-    /// Never aggregated again: its aggregate landed on a shard whose range did not hold it
-    /// (the map was stale, or the stream placed it under `AUTO`).
-    pub plain: bool,
 }
 
 impl Entry {
@@ -60,23 +58,47 @@ impl Entry {
             data,
             stream,
         } = record;
+        debug_assert!(explicit_hash_key
+            .as_deref()
+            .is_none_or(|k| k.parse() == Ok(hash_key.0)));
         Entry {
             seq: 0,
             key: partition_key,
-            explicit_hash_key: explicit_hash_key.map(String::into_boxed_str),
             data,
             stream,
             hash_key,
-            arrival,
+            stamp: Stamp::new(arrival, explicit_hash_key.is_some()),
             attempts: Attempts::default(),
             reply,
-            plain: false,
         }
+    }
+
+    /// When it was added.
+    pub fn arrival(&self) -> Instant {
+        self.stamp.instant()
+    }
+
+    /// Its explicit hash key, as the user gave it, if it has one.
+    pub fn explicit_hash_key(&self) -> Option<Decimal> {
+        self.stamp
+            .has(Stamp::EXPLICIT)
+            .then(|| self.hash_key.decimal())
+    }
+
+    /// Never aggregated again: its aggregate landed on a shard whose range did not hold it
+    /// (the map was stale, or the stream placed it under `AUTO`).
+    pub fn plain(&self) -> bool {
+        self.stamp.has(Stamp::PLAIN)
+    }
+
+    /// Marks it [`Entry::plain`].
+    pub fn make_plain(&mut self) {
+        self.stamp.0 |= Stamp::PLAIN;
     }
 
     /// When its TTL runs out, for the producer's `record_ttl`.
     pub fn deadline(&self, ttl: Duration) -> Instant {
-        retry::deadline(self.arrival, ttl)
+        retry::deadline(self.arrival(), ttl)
     }
 
     /// Data + partition key: what the buffer bound and the service count.
@@ -88,7 +110,7 @@ impl Entry {
     pub fn record(&self) -> UserRecord {
         UserRecord {
             partition_key: self.key.clone(),
-            explicit_hash_key: self.explicit_hash_key.as_deref().map(String::from),
+            explicit_hash_key: self.explicit_hash_key().map(|k| k.to_string()),
             data: self.data.clone(),
             stream: self.stream.clone(),
         }
@@ -96,9 +118,10 @@ impl Entry {
 
     /// The user's record, as it was added, taken out of the entry.
     pub fn into_record(self) -> UserRecord {
+        let explicit_hash_key = self.explicit_hash_key().map(|k| k.to_string());
         UserRecord {
             partition_key: self.key,
-            explicit_hash_key: self.explicit_hash_key.map(String::from),
+            explicit_hash_key,
             data: self.data,
             stream: self.stream,
         }
@@ -107,7 +130,7 @@ impl Entry {
 
 // A regression here costs every buffered record (see the note on `Entry`).
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Entry>() <= 160);
+const _: () = assert!(std::mem::size_of::<Entry>() <= 128);
 
 /// The attempts a record has been through: nothing on the heap (and 8 bytes in the entry)
 /// until the first one that did not store it.
@@ -160,11 +183,11 @@ impl KRecord {
             shard,
             origin,
             size: e.size(),
-            oldest: e.arrival,
+            oldest: e.arrival(),
             wire: PutRecordsEntry {
                 data: e.data.clone(),
                 partition_key: e.key.clone(),
-                explicit_hash_key: e.explicit_hash_key.as_deref().map(String::from),
+                explicit_hash_key: e.explicit_hash_key().map(|k| k.to_string()),
             },
             entries: smallvec![e],
             aggregated: false,
@@ -174,6 +197,47 @@ impl KRecord {
     /// Whether every user record in it is still within its TTL.
     pub fn live(&self, now: Instant, ttl: Duration) -> bool {
         self.entries.iter().all(|e| e.deadline(ttl) > now)
+    }
+}
+
+/// A record's arrival and two flags in 8 bytes (`Instant` alone takes 16): signed nanoseconds
+/// from an origin taken once per process (signed because a virtual clock in tests may start
+/// before it), shifted left past the flags; about ±73 years, exact both ways.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(i64);
+
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Stamp {
+    /// The hash key is the user's explicit hash key.
+    const EXPLICIT: i64 = 1;
+    /// See [`Entry::plain`].
+    const PLAIN: i64 = 2;
+    const FLAGS: u32 = 2;
+
+    fn new(t: Instant, explicit: bool) -> Self {
+        let origin = *ORIGIN;
+        let max = i64::MAX >> Self::FLAGS;
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).map_or(max, |n| n.min(max));
+        let nanos = match t.checked_duration_since(origin) {
+            Some(after) => nanos(after),
+            None => -nanos(origin - t),
+        };
+        Stamp(nanos << Self::FLAGS | if explicit { Self::EXPLICIT } else { 0 })
+    }
+
+    fn instant(self) -> Instant {
+        let nanos = self.0 >> Self::FLAGS;
+        let d = Duration::from_nanos(nanos.unsigned_abs());
+        if nanos >= 0 {
+            *ORIGIN + d
+        } else {
+            *ORIGIN - d
+        }
+    }
+
+    fn has(self, flag: i64) -> bool {
+        self.0 & flag != 0
     }
 }
 
@@ -193,14 +257,44 @@ mod tests {
             UserRecord::new("😀".repeat(256), vec![0u8; 1000]),
             UserRecord::unkeyed("no key"),
             UserRecord::new("k", "").with_explicit_hash_key("12345"),
+            UserRecord::new("k", "").with_explicit_hash_key(u128::MAX.to_string()),
+            UserRecord::new("k", "").with_explicit_hash_key("0"),
             UserRecord::new("k", "d").to("other"),
         ];
         for r in records {
-            let e = Entry::new(r.clone(), HashKey(1), Instant::now(), None);
+            let hash = r
+                .explicit_hash_key
+                .as_deref()
+                .map_or(1, |k| k.parse().unwrap());
+            let e = Entry::new(r.clone(), HashKey(hash), Instant::now(), None);
             assert_eq!(e.size(), r.size());
             assert_eq!(e.key.as_str(), r.partition_key);
             assert_eq!(e.record(), r);
             assert_eq!(e.into_record(), r);
+        }
+    }
+
+    #[test]
+    fn a_stamp_gives_back_the_instant_it_was_made_from() {
+        let origin = *ORIGIN;
+        for t in [
+            origin,
+            origin + Duration::from_nanos(1),
+            origin + Duration::from_secs(86_400 * 365 * 70) + Duration::from_nanos(7),
+            origin - Duration::from_nanos(1),
+            origin
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or(origin),
+            Instant::now() + Duration::from_millis(1234),
+        ] {
+            for explicit in [false, true] {
+                let mut s = Stamp::new(t, explicit);
+                assert_eq!((s.instant(), s.has(Stamp::EXPLICIT)), (t, explicit));
+                assert!(!s.has(Stamp::PLAIN));
+                s.0 |= Stamp::PLAIN;
+                assert_eq!((s.instant(), s.has(Stamp::EXPLICIT)), (t, explicit));
+                assert!(s.has(Stamp::PLAIN));
+            }
         }
     }
 }

@@ -272,7 +272,7 @@ impl Engine {
                     ..attempt.clone()
                 });
                 // Re-sent plain, once: aggregated again it could be stranded again.
-                e.plain = true;
+                e.make_plain();
                 retry_entries.push(e);
             }
         }

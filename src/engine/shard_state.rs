@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Queue capacity an empty shard may keep (1,280 bytes of entries); a larger one is freed when
+/// Queue capacity an empty shard may keep (1,024 bytes of entries); a larger one is freed when
 /// the queue drains. At 10,000 shards a queue holds a few dozen records between aggregates:
 /// keeping 64 slots (10 KiB) per drained queue held 40 MiB more heap than the records in them
 /// (`bench_e2e cpu --shards 10000 --heap`; BENCHMARKS.md, issue 12), for about 5 % less CPU.
@@ -143,11 +143,8 @@ impl ShardState {
     /// request entry, so under a backlog the aggregate waits as if the record had just been
     /// added.)
     pub fn linger_due(&self, max_buffered_time: Duration) -> Option<Instant> {
-        let front = self.queue.front()?;
-        let due = front
-            .arrival
-            .checked_add(max_buffered_time)
-            .unwrap_or(front.arrival);
+        let arrival = self.queue.front()?.arrival();
+        let due = arrival.checked_add(max_buffered_time).unwrap_or(arrival);
         Some(match self.opened {
             Some(opened) if opened > due => opened + max_buffered_time,
             _ => due,
@@ -175,12 +172,14 @@ impl ShardState {
     ) -> KRecord {
         let first = self.pop_front().expect("caller checked the queue");
         let shard = self.info.id.clone();
-        if !aggregation || first.plain || self.queue.is_empty() {
+        if !aggregation || first.plain() || self.queue.is_empty() {
             return KRecord::single(shard, self.uid, first);
         }
-        if let TryPush::NoCapacity =
-            aggregator.try_push(&first.key, first.explicit_hash_key.as_deref(), &first.data)
-        {
+        if let TryPush::NoCapacity = aggregator.try_push(
+            &first.key,
+            first.explicit_hash_key().as_deref(),
+            &first.data,
+        ) {
             return KRecord::single(shard, self.uid, first);
         }
         let mut entries = match scope {
@@ -188,9 +187,9 @@ impl ShardState {
                 // Push the records that fit, then move them off the queue at once, into a
                 // vector of their number.
                 let (mut taken, mut bytes) = (0, 0);
-                for next in self.queue.iter().take_while(|e| !e.plain) {
-                    let ehk = next.explicit_hash_key.as_deref();
-                    match aggregator.try_push(&next.key, ehk, &next.data) {
+                for next in self.queue.iter().take_while(|e| !e.plain()) {
+                    let ehk = next.explicit_hash_key();
+                    match aggregator.try_push(&next.key, ehk.as_deref(), &next.data) {
                         TryPush::Added => (taken, bytes) = (taken + 1, bytes + next.size()),
                         TryPush::NoCapacity => break,
                     }
@@ -221,11 +220,9 @@ impl ShardState {
             // Every sub-record has the first one's hash key, which the outer record carries as
             // the user gave it: its explicit hash key, or none (the partition key's MD5 is the
             // hash key), as a plain record of that key would.
-            AggregationScope::PartitionKey => {
-                entries[0].explicit_hash_key.as_deref().map(String::from)
-            }
+            AggregationScope::PartitionKey => entries[0].explicit_hash_key().map(|k| k.to_string()),
         };
-        let oldest = entries.iter().map(|e| e.arrival).min().expect("entries");
+        let oldest = entries.iter().map(Entry::arrival).min().expect("entries");
         KRecord {
             shard,
             origin: self.uid,
@@ -262,7 +259,7 @@ impl ShardState {
     /// passed over have other hash keys; they only wait for a later Kinesis record.
     fn take_same_key(&mut self, aggregator: &mut Aggregator, first: &Entry) -> Vec<Entry> {
         let (key, hash) = (&first.key, first.hash_key);
-        let same = |e: &Entry| !e.plain && e.hash_key == hash && e.key == *key;
+        let same = |e: &Entry| !e.plain() && e.hash_key == hash && e.key == *key;
         let mut last = None;
         let mut passed = 0;
         for (i, e) in self.queue.iter().enumerate() {
@@ -276,8 +273,8 @@ impl ShardState {
             if !same(e) {
                 break;
             }
-            let ehk = e.explicit_hash_key.as_deref();
-            match aggregator.try_push(key, ehk, &e.data) {
+            let ehk = e.explicit_hash_key();
+            match aggregator.try_push(key, ehk.as_deref(), &e.data) {
                 TryPush::Added => (last, passed) = (Some(i), 0),
                 TryPush::NoCapacity => break,
             }

@@ -144,7 +144,7 @@ fn same_key_scope_stops_at_a_plain_record_of_its_key() {
     }
     // A stranded sub-record being re-sent is marked plain: never aggregated, never overtaken.
     let mut plain = Entry::new(UserRecord::new("k", "2"), hash, h.now, Some(tx));
-    plain.plain = true;
+    plain.make_plain();
     assert!(h.gauge.try_acquire(plain.size()));
     h.engine.on_record(plain, h.now);
     add_keyed(&mut h, "other", "3");
