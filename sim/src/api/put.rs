@@ -42,9 +42,9 @@ struct PutRecordsIn<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RecordIn<'a> {
-    /// Base64, borrowed from the request body (it has no escapes to undo).
+    /// Base64, borrowed from the request body unless it holds an escape.
     #[serde(borrow)]
-    data: Option<Cow<'a, str>>,
+    data: Option<Text<'a>>,
     partition_key: Option<String>,
     explicit_hash_key: Option<String>,
     #[serde(rename = "StreamName")]
@@ -52,6 +52,13 @@ struct RecordIn<'a> {
     #[serde(rename = "StreamARN")]
     stream_arn: Option<String>,
 }
+
+/// A string borrowed from the request body where it can be. (`#[serde(borrow)]` borrows a
+/// `Cow<str>` field only when the field is exactly that type: in an `Option` it is always
+/// copied.)
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -133,7 +140,7 @@ fn decode_record(
 ) -> Result<Decoded, ApiError> {
     let mut data = Vec::new();
     let data_len = decode_blob(
-        &validate::required(r.data, &member(index, "data"))?,
+        &validate::required(r.data, &member(index, "data"))?.0,
         if keep { &mut data } else { scratch },
     )?;
     if data_len > MODEL_MAX_RECORD_BYTES {
@@ -342,4 +349,28 @@ pub(super) fn put_record<'a>(reg: &'a Arc<Registry>, body: &'a [u8]) -> Step<'a>
             PutResult::Failed => Err(ApiError::internal_failure().into()),
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_is_borrowed_from_the_body_unless_it_holds_an_escape() {
+        let body = br#"{"StreamName":"s","Records":[{"Data":"AA+A","PartitionKey":"k"},
+            {"Data":"AA\/A","PartitionKey":"k"}]}"#;
+        let req: PutRecordsIn = serde_json::from_slice(body).expect("parsed");
+        let data: Vec<&Cow<'_, str>> = req
+            .records
+            .iter()
+            .flatten()
+            .map(|r| &r.data.as_ref().expect("data").0)
+            .collect();
+        assert!(matches!(data[0], Cow::Borrowed("AA+A")), "{:?}", data[0]);
+        assert!(
+            matches!(data[1], Cow::Owned(s) if s == "AA/A"),
+            "{:?}",
+            data[1]
+        );
+    }
 }
