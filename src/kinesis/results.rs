@@ -144,51 +144,51 @@ impl<'a> Reader<'a> {
         depth: usize,
         mut member: impl FnMut(&mut Self, &[u8]) -> Read<()>,
     ) -> Read<()> {
-        if depth > MAX_DEPTH {
-            return self.fail("nested too deep");
-        }
-        self.expect(b'{', "expected an object")?;
-        if self.peek() == Some(b'}') {
-            self.at += 1;
-            return Ok(());
-        }
-        loop {
-            if self.peek() != Some(b'"') {
-                return self.fail("expected a member name");
+        self.sequence(depth, b'{', b'}', |r| {
+            if r.peek() != Some(b'"') {
+                return r.fail("expected a member name");
             }
-            let name = self.name()?;
-            self.expect(b':', "expected `:`")?;
-            member(self, &name)?;
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return self.fail("expected `,` or `}`"),
-            }
-        }
+            let name = r.name()?;
+            r.expect(b':', "expected `:`")?;
+            member(r, &name)
+        })
     }
 
     /// An array at nesting `depth`, calling `element` with the reader on each element.
-    fn array(&mut self, depth: usize, mut element: impl FnMut(&mut Self) -> Read<()>) -> Read<()> {
+    fn array(&mut self, depth: usize, element: impl FnMut(&mut Self) -> Read<()>) -> Read<()> {
+        self.sequence(depth, b'[', b']', element)
+    }
+
+    /// Items between `open` and `close`, separated by commas, at nesting `depth`.
+    fn sequence(
+        &mut self,
+        depth: usize,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Read<()>,
+    ) -> Read<()> {
         if depth > MAX_DEPTH {
             return self.fail("nested too deep");
         }
-        self.expect(b'[', "expected an array")?;
-        if self.peek() == Some(b']') {
+        let what = if open == b'{' {
+            "expected an object"
+        } else {
+            "expected an array"
+        };
+        self.expect(open, what)?;
+        if self.peek() == Some(close) {
             self.at += 1;
             return Ok(());
         }
         loop {
-            element(self)?;
+            item(self)?;
             match self.peek() {
                 Some(b',') => self.at += 1,
-                Some(b']') => {
+                Some(b) if b == close => {
                     self.at += 1;
                     return Ok(());
                 }
-                _ => return self.fail("expected `,` or `]`"),
+                _ => return self.fail("expected `,` or the end of an array or object"),
             }
         }
     }
@@ -611,6 +611,8 @@ mod tests {
             "{\"a\":}",
             "{\"a\" 1}",
             "[1 2]",
+            "[1}",
+            "{\"a\":1]",
         ];
         for v in values {
             for body in [
