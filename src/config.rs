@@ -15,8 +15,10 @@ pub const DEFAULT_AGGREGATION_SCOPE: AggregationScope = AggregationScope::Shard;
 /// Records per PutRecords request (the API limit).
 pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = MAX_RECORDS_PER_REQUEST;
 /// Request byte limit (data + partition keys) on a stream whose records are at most 1 MiB, when
-/// `max_request_bytes` is not set: 5 MiB.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
+/// `max_request_bytes` is not set: 1 MiB. The service takes 5 MiB, but requests of 1 MiB cost
+/// no more CPU per record and hold a fifth of the memory in bodies being built and sent
+/// (BENCHMARKS.md, issue 12); set `max_request_bytes` up to 5 MiB for fewer, larger requests.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Default longest time a record waits to be batched.
 pub const DEFAULT_MAX_BUFFERED_TIME: Duration = Duration::from_millis(100);
 /// Default time-to-live of a record, retries included.
@@ -148,8 +150,8 @@ pub struct ProducerConfig {
     pub aggregation_scope: AggregationScope,
     /// Most Kinesis records per request (1..=500).
     pub max_records_per_request: usize,
-    /// Most bytes (data + partition keys) per request (up to 10 MiB). `None` follows the
-    /// service: 10 MiB where the stream allows records over 1 MiB (`MaxRecordSizeInKiB`), 5 MiB
+    /// Most bytes (data + partition keys) per request (up to 10 MiB). `None`: 10 MiB where the
+    /// stream allows records over 1 MiB (`MaxRecordSizeInKiB`), 1 MiB
     /// ([`DEFAULT_MAX_REQUEST_BYTES`]) elsewhere.
     pub max_request_bytes: Option<usize>,
     /// Longest a record waits for a batch before it is sent.

@@ -2,6 +2,7 @@
 //! lowered, and reads on evidence.
 
 use super::*;
+use crate::config::DEFAULT_MAX_REQUEST_BYTES;
 use crate::error::{RecordLimitFrom, ValidationError};
 use crate::kinesis::StreamSummary;
 
@@ -182,7 +183,7 @@ fn back_from_auto_fails_unkeyed_records_and_aggregates_after_a_fresh_map() {
 #[test]
 fn record_limit_raised_takes_larger_records_lowered_fails_queued_ones_over_it() {
     let mut h = Harness::new(1, config());
-    assert_eq!(h.engine.s.request_bytes, 5 << 20);
+    assert_eq!(h.engine.s.request_bytes, DEFAULT_MAX_REQUEST_BYTES);
     h.engine
         .on_stream_settings(summary(false, Some(10240)), h.now);
     assert_eq!(h.engine.s.record_limit.bytes, 10 << 20);
@@ -218,7 +219,7 @@ fn record_limit_raised_takes_larger_records_lowered_fails_queued_ones_over_it() 
         other => panic!("{other:?}"),
     }
     assert!(pending(&mut small), "nothing else is touched");
-    assert_eq!(h.engine.s.request_bytes, 5 << 20);
+    assert_eq!(h.engine.s.request_bytes, DEFAULT_MAX_REQUEST_BYTES);
     assert_eq!(h.engine.s.live.changes(), 2);
     h.advance(Duration::from_secs(4));
     let sent = settle(&mut h);
