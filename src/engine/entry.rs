@@ -29,9 +29,10 @@ pub(crate) type Reply = oneshot::Sender<Result<PutOutcome, RecordError>>;
 /// It is kept small (128 bytes, two cache lines): a full buffer holds hundreds of thousands of
 /// entries in its shard queues, and each one is moved through the ingest channel and its
 /// queue. The deadline is worked out from the arrival and the TTL ([`Entry::deadline`]); the
-/// arrival and two flags are held in 8 bytes ([`Stamp`]); an explicit hash key is its parsed value, `hash_key`
-/// (`add` accepts only the API's spelling of a number, so its decimal is the string the user
-/// gave); attempts are stored only once a record has been tried ([`Attempts`]).
+/// arrival and two flags are held in 8 bytes ([`Stamp`]); an explicit hash key is kept only
+/// as its parsed value, `hash_key` (`add` accepts only the API's spelling of a number, so its
+/// decimal is the string the user gave); attempts are stored only once a record has been
+/// tried ([`Attempts`]).
 pub(crate) struct Entry {
     pub seq: u64,
     pub key: CompactString,
