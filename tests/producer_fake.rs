@@ -65,6 +65,38 @@ async fn every_record_stored_once_with_matching_outcome() {
     p.shutdown().await.unwrap();
 }
 
+/// Requests are packed to 1 MiB unless `max_request_bytes` says otherwise: the same 6 MB of
+/// plain 10 KB records, added at once, go in requests of at most 1 MiB by default and in
+/// larger ones when 5 MiB is allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_packed_to_one_mib_by_default() {
+    for max_request_bytes in [None, Some(5 << 20)] {
+        let fake = FakeKinesis::new(8);
+        let b = builder().max_buffered_time(Duration::from_millis(200));
+        let b = match max_request_bytes {
+            Some(n) => b.max_request_bytes(n),
+            None => b,
+        };
+        let p = b.kinesis(fake.seam()).await.unwrap();
+        for i in 0..600 {
+            p.add_untracked(UserRecord::new(format!("k{i}"), vec![b'x'; 10_000]))
+                .await
+                .expect("accepted");
+        }
+        p.flush().await.unwrap();
+        assert_eq!(fake.stored().len(), 600);
+        let largest = fake.max_request_bytes_seen.load(Relaxed);
+        match max_request_bytes {
+            None => assert!(
+                (512 << 10..=1 << 20).contains(&largest),
+                "largest request {largest} bytes"
+            ),
+            Some(_) => assert!(largest > 1 << 20, "largest request {largest} bytes"),
+        }
+        p.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_failures_are_retried_to_success() {
     let fake = FakeKinesis::new(4);

@@ -48,6 +48,8 @@ pub struct FakeKinesis {
     pub list_calls: AtomicUsize,
     in_flight: AtomicUsize,
     pub max_in_flight_seen: AtomicUsize,
+    /// The most bytes (data + partition keys) one PutRecords request carried.
+    pub max_request_bytes_seen: AtomicUsize,
     latency: Mutex<Duration>,
     /// When each PutRecords request arrived, in order.
     request_times: Mutex<Vec<Instant>>,
@@ -70,6 +72,7 @@ impl FakeKinesis {
             list_calls: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight_seen: AtomicUsize::new(0),
+            max_request_bytes_seen: AtomicUsize::new(0),
             latency: Mutex::new(Duration::ZERO),
             request_times: Mutex::default(),
         })
@@ -166,6 +169,8 @@ impl Kinesis for FakeKinesis {
                 .map(|r| r.data.len() + r.partition_key.len())
                 .sum();
             assert!(bytes <= 5 * 1024 * 1024, "request over 5 MiB");
+            self.max_request_bytes_seen
+                .fetch_max(bytes, Ordering::SeqCst);
             if let Some(e) = self.script.lock().unwrap().request_errors.pop_front() {
                 return Err(e);
             }
