@@ -115,12 +115,17 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Backoff {
     inner: ExponentialBackoff,
+    /// A delay was taken since it last started over: a reset has something to undo. (A shard's
+    /// back-off is reset on every record it stores; rebuilding it each time cost more than the
+    /// rest of the record's bookkeeping on that path.)
+    used: bool,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
         Backoff {
             inner: Self::builder().build(),
+            used: false,
         }
     }
 }
@@ -137,12 +142,15 @@ impl Backoff {
 
     /// The next delay.
     pub fn next_delay(&mut self) -> Duration {
+        self.used = true;
         self.inner.next().unwrap_or(BACKOFF_MAX)
     }
 
     /// Starts over after a success.
     pub fn reset(&mut self) {
-        self.inner = Self::builder().build();
+        if std::mem::take(&mut self.used) {
+            self.inner = Self::builder().build();
+        }
     }
 }
 
@@ -262,6 +270,14 @@ mod tests {
             assert!(last <= BACKOFF_MAX * 2, "{last:?}");
         }
         assert!(last >= BACKOFF_MAX, "{last:?} reaches the cap");
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN * 2);
+        // A second reset in a row, and one after a single delay, start over as well.
+        b.reset();
+        b.reset();
+        let first = b.next_delay();
+        assert!(first <= BACKOFF_MIN * 2, "{first:?}");
+        b.next_delay();
         b.reset();
         assert!(b.next_delay() <= BACKOFF_MIN * 2);
     }
