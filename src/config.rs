@@ -15,8 +15,8 @@ pub const DEFAULT_AGGREGATION_SCOPE: AggregationScope = AggregationScope::Shard;
 /// Records per PutRecords request (the API limit).
 pub const DEFAULT_MAX_RECORDS_PER_REQUEST: usize = MAX_RECORDS_PER_REQUEST;
 /// Request byte limit (data + partition keys) on a stream whose records are at most 1 MiB, when
-/// `max_request_bytes` is not set: 1 MiB. The service takes 5 MiB, but requests of 1 MiB cost
-/// no more CPU per record and hold a fifth of the memory in bodies being built and sent
+/// `max_request_bytes` is not set: 1 MiB. The service takes 5 MiB, but requests of 1 MiB hold a
+/// fifth of the memory in bodies being built and sent, for about 2.5 % more CPU per record
 /// (BENCHMARKS.md, issue 12); set `max_request_bytes` up to 5 MiB for fewer, larger requests.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Default longest time a record waits to be batched.
