@@ -47,8 +47,9 @@ impl std::fmt::Display for Malformed {
 
 type Read<T> = Result<T, Malformed>;
 
-/// How deep arrays and objects may nest in a member that is skipped (`serde_json`'s limit).
-const MAX_DEPTH: usize = 128;
+/// How many arrays and objects may nest, the top-level object included (`serde_json`'s limit:
+/// its 128th fails). The top-level object is at depth 0.
+const MAX_DEPTH: usize = 127;
 
 struct Reader<'a> {
     body: &'a [u8],
@@ -167,7 +168,7 @@ impl<'a> Reader<'a> {
         close: u8,
         mut item: impl FnMut(&mut Self) -> Read<()>,
     ) -> Read<()> {
-        if depth > MAX_DEPTH {
+        if depth >= MAX_DEPTH {
             return self.fail("nested too deep");
         }
         let what = if open == b'{' {
@@ -665,9 +666,38 @@ mod tests {
                 "]".repeat(d)
             )
         };
-        assert!(parse_results(deep(120).as_bytes(), 0).is_ok());
+        let deep_objects = |d: usize| {
+            format!(
+                r#"{{"x":{}1{},"Records":[]}}"#,
+                r#"{"a":"#.repeat(d),
+                "}".repeat(d)
+            )
+        };
+        // The same limit as `serde_json`'s, to the level, for arrays and objects.
+        for d in 120..=136 {
+            for body in [deep(d), deep_objects(d)] {
+                let got = parse_results(body.as_bytes(), 0);
+                let expected = reference(body.as_bytes(), 0).is_some();
+                assert_eq!(got.is_ok(), expected, "depth {d}: {body}");
+            }
+        }
         let e = parse_results(deep(200).as_bytes(), 0).expect_err("too deep");
         assert!(e.message.contains("nested too deep"), "{e}");
-        assert!(reference(deep(200).as_bytes(), 0).is_none());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_kind_is_named() {
+        for (body, what) in [
+            (&b"[]"[..], "expected an object"),
+            (br#"{"Records":{}}"#, "expected an array"),
+            (br#"{"Records":[[]]}"#, "expected an object"),
+            (
+                br#"{"Records":[{"ShardId":1}]}"#,
+                "expected a string or null",
+            ),
+        ] {
+            let e = parse_results(body, 0).expect_err("wrong kind");
+            assert!(e.message.contains(what), "{e}");
+        }
     }
 }
