@@ -17,7 +17,7 @@ exec cargo mutants --package kinesis-producer --no-shuffle --jobs "${MUTANTS_JOB
   --file src/hash_key.rs --file src/shard_map.rs --file 'src/aggregation/*.rs' \
   --file 'src/limiter/*.rs' --file src/collector.rs --file src/retry.rs --file src/buffer.rs \
   --file src/congestion.rs --file src/admission.rs --file src/stream_settings.rs \
-  --file 'src/engine/*.rs' \
+  --file 'src/engine/*.rs' --file src/kinesis/results.rs \
   --exclude '**/tests.rs' --exclude 'src/limiter/fleet_tests.rs' \
   --exclude 'src/aggregation/testing.rs' --exclude 'src/engine/tests/*.rs' \
   --timeout 15 --output target/mutants --cargo-arg=--lib "$@"
