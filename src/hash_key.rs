@@ -37,7 +37,6 @@ impl HashKey {
 }
 
 /// A hash key's decimal digits, held on the stack (`HashKey::decimal`).
-#[derive(Clone, Copy)]
 pub(crate) struct Decimal {
     digits: [u8; 39],
     len: u8,

@@ -275,8 +275,8 @@ impl Shards {
         i
     }
 
-    /// Prefetches the queue slot the next record of shard `i` goes to (an entry spans three
-    /// cache lines).
+    /// Prefetches the queue slot the next record of shard `i` goes to (a 128-byte entry
+    /// aligned to 16 bytes touches up to three cache lines).
     pub fn prefetch_queue_slot(&self, i: usize) {
         let Some(st) = self.states.get(i) else {
             return;

@@ -379,17 +379,6 @@ mod tests {
     /// reader: the reference the single pass is compared with.
     fn reference(body: &[u8], n: usize) -> Option<Vec<PutRecordsResultEntry>> {
         let v: Value = serde_json::from_slice(body).ok()?;
-        results_of(&v, n)
-    }
-
-    /// Whether `serde_json` refuses `body` only for a number beyond `f64` (valid JSON, which
-    /// its `Value` cannot hold and the single pass rightly skips).
-    fn out_of_range(body: &[u8]) -> bool {
-        serde_json::from_slice::<Value>(body)
-            .is_err_and(|e| e.to_string().starts_with("number out of range"))
-    }
-
-    fn results_of(v: &Value, n: usize) -> Option<Vec<PutRecordsResultEntry>> {
         let records = v.as_object()?.get("Records")?.as_array()?;
         let field = |r: &serde_json::Map<String, Value>, k: &str| match r.get(k) {
             None | Some(Value::Null) => Some(None),
@@ -413,6 +402,13 @@ mod tests {
             });
         }
         (out.len() == n).then_some(out)
+    }
+
+    /// Whether `serde_json` refuses `body` only for a number beyond `f64` (valid JSON, which
+    /// its `Value` cannot hold and the single pass rightly skips).
+    fn out_of_range(body: &[u8]) -> bool {
+        serde_json::from_slice::<Value>(body)
+            .is_err_and(|e| e.to_string().starts_with("number out of range"))
     }
 
     /// Members a service may add, of every kind of JSON value.
