@@ -194,14 +194,24 @@ impl ShardState {
                         TryPush::NoCapacity => break,
                     }
                 }
-                let mut entries = Vec::with_capacity(taken + 1);
-                entries.push(first);
-                entries.extend(self.queue.drain(..taken));
                 self.queued_bytes -= bytes;
-                if self.queue.is_empty() {
+                if taken == self.queue.len() && 4 * (taken + 1) >= 3 * self.queue.capacity() {
+                    // The aggregate takes the whole queue, which fills most of its buffer: it
+                    // takes the buffer itself rather than a copy of its records. (The queue
+                    // would give the buffer back when it drains anyway; the bound on the unused
+                    // part keeps an aggregate in flight from holding much more than its records.)
+                    self.queue.push_front(first);
                     self.opened = None;
+                    Vec::from(std::mem::take(&mut self.queue))
+                } else {
+                    let mut entries = Vec::with_capacity(taken + 1);
+                    entries.push(first);
+                    entries.extend(self.queue.drain(..taken));
+                    if self.queue.is_empty() {
+                        self.opened = None;
+                    }
+                    entries
                 }
-                entries
             }
             AggregationScope::PartitionKey => {
                 let mut entries = self.take_same_key(aggregator, &first);

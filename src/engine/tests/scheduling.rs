@@ -231,6 +231,61 @@ fn a_drained_queue_gives_its_memory_back() {
     );
 }
 
+/// An aggregate that takes a whole queue filling at least three quarters of its buffer takes
+/// the buffer itself (its records are not copied); one that takes less, or leaves records
+/// behind, copies its records out and the queue keeps its buffer. Either way every record is
+/// taken or left once, in order.
+#[test]
+fn an_aggregate_takes_the_buffer_of_the_queue_it_drains() {
+    let cfg = ProducerConfig {
+        aggregation_max_size: 2_000,
+        ..agg_config()
+    };
+    let mut h = Harness::new(1, cfg);
+    let build = |h: &mut Harness, n: usize, room: usize| {
+        let now = h.now;
+        let record = |i| UserRecord::new(format!("k{i}"), "x".repeat(90));
+        let engine = &mut h.engine;
+        let st = engine.shards.state_mut(0);
+        st.queue = VecDeque::with_capacity(room);
+        for i in 0..n {
+            st.push_back(Entry::new(record(i), HashKey(0), now, None));
+        }
+        let buffer = st.queue.as_slices().0.as_ptr();
+        let scope = crate::config::AggregationScope::Shard;
+        let record = st.build_record(&mut engine.aggregator, true, scope);
+        let keys = |es: &mut dyn Iterator<Item = &Entry>| {
+            es.map(|e| e.key.to_string()).collect::<Vec<_>>()
+        };
+        let taken = keys(&mut record.entries.iter());
+        let left = keys(&mut st.queue.iter());
+        let all: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+        assert_eq!(
+            [taken.clone(), left].concat(),
+            all,
+            "every record once, in order"
+        );
+        assert_eq!(
+            st.queued_bytes,
+            st.queue.iter().map(Entry::size).sum::<usize>()
+        );
+        let moved = record.entries.as_ptr() == buffer;
+        let kept = st.queue.capacity();
+        let _ = st.drain_held().count();
+        (taken.len(), moved, kept)
+    };
+    assert_eq!(
+        build(&mut h, 12, 16),
+        (12, true, 0),
+        "12 of 16 slots: moved"
+    );
+    let (taken, moved, kept) = build(&mut h, 11, 16);
+    assert_eq!((taken, moved), (11, false), "11 of 16 slots: copied");
+    assert!(kept >= 16, "the queue keeps its buffer: {kept}");
+    let (taken, moved, _) = build(&mut h, 30, 32);
+    assert!(taken < 30 && !moved, "{taken} of 30 taken: copied");
+}
+
 #[test]
 fn a_queue_lingers_from_its_front_record_unless_that_was_overdue_on_arrival() {
     let mut h = Harness::new(1, agg_config());
