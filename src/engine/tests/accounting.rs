@@ -285,3 +285,43 @@ fn a_batch_that_waited_past_its_ttl_in_the_outbox_is_not_sent() {
     assert!(h.poll().is_empty(), "a record at its deadline is not sent");
     assert!(matches!(outcome(&mut rx), Err(RecordError::Expired { .. })));
 }
+
+/// An aggregate that waits in the outbox past its oldest record's TTL is not sent: that record
+/// fails, and the younger one goes back to its queue and out again.
+#[test]
+fn an_aggregate_past_its_oldest_records_ttl_in_the_outbox_sends_only_the_younger() {
+    let cfg = ProducerConfig {
+        rate_limiting: false,
+        aggregation: true,
+        record_ttl: Duration::from_secs(1),
+        ..config()
+    };
+    let mut h = Harness::new(1, cfg);
+    let deadline = h.now + Duration::from_secs(1);
+    let mut old = h.add_to(0, 1, "old", "d");
+    h.advance(Duration::from_millis(50));
+    let mut young = h.add_to(0, 1, "young", "d");
+    for _ in 0..2 {
+        h.advance(Duration::from_millis(100));
+        let sent = h.poll_after_window();
+        assert_eq!(sent[0].1.records.len(), 1, "one aggregate of both");
+        let e = ClientError::service("ServiceUnavailable", "down", 503);
+        h.engine.on_response(sent[0].0, Err(e), h.now);
+    }
+    assert!(h.poll_after_window().is_empty());
+    assert!(!h.engine.outbox.is_empty());
+    h.now = deadline;
+    let mut sent = h.poll();
+    assert!(matches!(
+        outcome(&mut old),
+        Err(RecordError::Expired { .. })
+    ));
+    if sent.is_empty() {
+        sent = h.poll_after_window();
+    }
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.records.len(), 1);
+    assert_eq!(sent[0].1.records[0].partition_key, "young");
+    h.ok_all(sent[0].0, &sent[0].1, 1);
+    assert!(outcome(&mut young).is_ok());
+}
