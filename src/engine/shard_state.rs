@@ -195,23 +195,25 @@ impl ShardState {
                     }
                 }
                 self.queued_bytes -= bytes;
-                if taken == self.queue.len() && 4 * (taken + 1) >= 3 * self.queue.capacity() {
-                    // The aggregate takes the whole queue, which fills most of its buffer: it
-                    // takes the buffer itself rather than a copy of its records. (The queue
-                    // would give the buffer back when it drains anyway; the bound on the unused
-                    // part keeps an aggregate in flight from holding much more than its records.)
-                    self.queue.push_front(first);
+                let entries =
+                    if taken == self.queue.len() && 4 * (taken + 1) >= 3 * self.queue.capacity() {
+                        // The aggregate takes the whole queue, which fills most of its buffer:
+                        // it takes the buffer itself rather than a copy of its records. (The
+                        // queue would give the buffer back when it drains anyway; the bound on
+                        // the unused part keeps an aggregate in flight from holding much more
+                        // than its records.)
+                        self.queue.push_front(first);
+                        Vec::from(std::mem::take(&mut self.queue))
+                    } else {
+                        let mut entries = Vec::with_capacity(taken + 1);
+                        entries.push(first);
+                        entries.extend(self.queue.drain(..taken));
+                        entries
+                    };
+                if self.queue.is_empty() {
                     self.opened = None;
-                    Vec::from(std::mem::take(&mut self.queue))
-                } else {
-                    let mut entries = Vec::with_capacity(taken + 1);
-                    entries.push(first);
-                    entries.extend(self.queue.drain(..taken));
-                    if self.queue.is_empty() {
-                        self.opened = None;
-                    }
-                    entries
                 }
+                entries
             }
             AggregationScope::PartitionKey => {
                 let mut entries = self.take_same_key(aggregator, &first);

@@ -145,7 +145,7 @@ impl<'a> Reader<'a> {
         depth: usize,
         mut member: impl FnMut(&mut Self, &[u8]) -> Read<()>,
     ) -> Read<()> {
-        self.sequence(depth, b'{', b'}', |r| {
+        self.sequence(depth, b'{', b'}', "expected an object", |r| {
             if r.peek() != Some(b'"') {
                 return r.fail("expected a member name");
             }
@@ -157,25 +157,22 @@ impl<'a> Reader<'a> {
 
     /// An array at nesting `depth`, calling `element` with the reader on each element.
     fn array(&mut self, depth: usize, element: impl FnMut(&mut Self) -> Read<()>) -> Read<()> {
-        self.sequence(depth, b'[', b']', element)
+        self.sequence(depth, b'[', b']', "expected an array", element)
     }
 
-    /// Items between `open` and `close`, separated by commas, at nesting `depth`.
+    /// Items between `open` and `close`, separated by commas, at nesting `depth` (`what`: the
+    /// error when `open` is not there).
     fn sequence(
         &mut self,
         depth: usize,
         open: u8,
         close: u8,
+        what: &'static str,
         mut item: impl FnMut(&mut Self) -> Read<()>,
     ) -> Read<()> {
         if depth >= MAX_DEPTH {
             return self.fail("nested too deep");
         }
-        let what = if open == b'{' {
-            "expected an object"
-        } else {
-            "expected an array"
-        };
         self.expect(open, what)?;
         if self.peek() == Some(close) {
             self.at += 1;

@@ -254,11 +254,11 @@ fn an_aggregate_takes_the_buffer_of_the_queue_it_drains() {
         let buffer = st.queue.as_slices().0.as_ptr();
         let scope = crate::config::AggregationScope::Shard;
         let record = st.build_record(&mut engine.aggregator, true, scope);
-        let keys = |es: &mut dyn Iterator<Item = &Entry>| {
-            es.map(|e| e.key.to_string()).collect::<Vec<_>>()
-        };
-        let taken = keys(&mut record.entries.iter());
-        let left = keys(&mut st.queue.iter());
+        fn keys<'a>(es: impl Iterator<Item = &'a Entry>) -> Vec<String> {
+            es.map(|e| e.key.to_string()).collect()
+        }
+        let taken = keys(record.entries.iter());
+        let left = keys(st.queue.iter());
         let all: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
         assert_eq!(
             [taken.clone(), left].concat(),
