@@ -6,10 +6,21 @@
 //! The engine's ledger counts the same records on its own; `stats()` reports both, so tests
 //! can check one against the other.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
+
+/// Records a caller's `add` takes room for per unit of its task's cooperative budget (Tokio
+/// gives a task 128 units between yields). A unit stands for an operation on a resource (Tokio's
+/// own channels spend one per message received); an `add` that finds room costs its caller a
+/// few hundred nanoseconds, and a unit each made a caller adding in a loop yield every 128
+/// records, each yield waking the runtime's other worker to steal the task: 83,000 against
+/// 34,000 context switches in a 5 s run, and about 4 % more CPU per record (`bench_e2e cpu`;
+/// BENCHMARKS.md, issue 12, ninth session). At a unit per four records the caller yields every
+/// 512, about a fifth of a millisecond.
+const ADDS_PER_BUDGET_UNIT: u8 = 4;
 
 /// The admission caps of the streams a producer serves, and the room held back from `add` so
 /// that what it may use is their sum (capped at the bound). Written by the engine thread only.
@@ -179,10 +190,16 @@ impl BufferGauge {
     /// Waits for room for one record of `size` bytes (`size <= max_bytes`, checked by the caller).
     pub async fn acquire(&self, size: usize) {
         // Room now (as nearly always unless the buffer is full) is taken without setting up a
-        // wait; the task's cooperative budget is still spent first, as a wait would spend it, so
-        // a caller adding in a loop yields to the runtime now and then. (Spent before taking
-        // the room: a future dropped while it yields has taken nothing.)
-        tokio::task::coop::consume_budget().await;
+        // wait; the task's cooperative budget is still spent first, a unit every
+        // [`ADDS_PER_BUDGET_UNIT`] calls on this thread, so a caller adding in a loop yields to
+        // the runtime now and then. (Spent before taking the room: a future dropped while it
+        // yields has taken nothing.)
+        thread_local!(static CALLS: Cell<u8> = const { Cell::new(0) });
+        let n = CALLS.get().wrapping_add(1);
+        CALLS.set(n);
+        if n.is_multiple_of(ADDS_PER_BUDGET_UNIT) {
+            tokio::task::coop::consume_budget().await;
+        }
         if self.try_acquire(size) {
             return;
         }
@@ -335,8 +352,9 @@ mod tests {
         assert_eq!(g.bytes_held(), 5);
     }
 
-    /// Room taken without a wait still spends the task's cooperative budget: a caller adding
-    /// in a loop lets the runtime's other tasks run long before its buffer fills.
+    /// Room taken without a wait still spends the task's cooperative budget, a unit every
+    /// [`ADDS_PER_BUDGET_UNIT`] records: a caller adding in a loop lets the runtime's other
+    /// tasks run long before its buffer fills, after more records than the budget's 128 units.
     #[tokio::test(flavor = "current_thread")]
     async fn acquiring_with_room_yields_to_other_tasks_now_and_then() {
         use std::sync::atomic::{AtomicBool, Ordering};
@@ -349,8 +367,9 @@ mod tests {
             g.acquire(1).await;
             taken += 1;
         }
+        // (A unit per record yields after 129 records; a unit per four after about 512.)
         assert!(
-            ran.load(Ordering::SeqCst) && taken < 1_000,
+            ran.load(Ordering::SeqCst) && taken > 256 && taken < 1_000,
             "the other task ran after {taken} records"
         );
         assert_eq!(g.records_held(), taken);
