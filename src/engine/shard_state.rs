@@ -195,21 +195,30 @@ impl ShardState {
                     }
                 }
                 self.queued_bytes -= bytes;
-                let entries =
-                    if taken == self.queue.len() && 4 * (taken + 1) >= 3 * self.queue.capacity() {
-                        // The aggregate takes the whole queue, which fills most of its buffer:
-                        // it takes the buffer itself rather than a copy of its records. (The
-                        // queue would give the buffer back when it drains anyway; the bound on
-                        // the unused part keeps an aggregate in flight from holding much more
-                        // than its records.)
-                        self.queue.push_front(first);
-                        Vec::from(std::mem::take(&mut self.queue))
+                let capacity = self.queue.capacity();
+                let entries = if 4 * (taken + 1) >= 3 * capacity {
+                    // The aggregate's records fill most of the queue's buffer: the
+                    // aggregate takes the buffer itself rather than a copy of its records,
+                    // and the records left behind (a backlog) move to a new buffer of the
+                    // same size. (A drained queue would give the buffer back anyway; the
+                    // bound on the unused part keeps an aggregate in flight from holding
+                    // much more than its records.)
+                    let rest = if taken == self.queue.len() {
+                        VecDeque::new()
                     } else {
-                        let mut entries = Vec::with_capacity(taken + 1);
-                        entries.push(first);
-                        entries.extend(self.queue.drain(..taken));
-                        entries
+                        let mut rest = VecDeque::with_capacity(capacity);
+                        rest.extend(self.queue.drain(taken..));
+                        rest
                     };
+                    let mut buffer = std::mem::replace(&mut self.queue, rest);
+                    buffer.push_front(first);
+                    Vec::from(buffer)
+                } else {
+                    let mut entries = Vec::with_capacity(taken + 1);
+                    entries.push(first);
+                    entries.extend(self.queue.drain(..taken));
+                    entries
+                };
                 if self.queue.is_empty() {
                     self.opened = None;
                 }

@@ -231,10 +231,10 @@ fn a_drained_queue_gives_its_memory_back() {
     );
 }
 
-/// An aggregate that takes a whole queue filling at least three quarters of its buffer takes
-/// the buffer itself (its records are not copied); one that takes less, or leaves records
-/// behind, copies its records out and the queue keeps its buffer. Either way every record is
-/// taken or left once, in order.
+/// An aggregate whose records fill at least three quarters of its queue's buffer takes the
+/// buffer itself (its records are not copied), and the records it leaves behind move to a new
+/// buffer of the same size; one that takes less copies its records out and the queue keeps its
+/// buffer. Either way every record is taken or left once, in order.
 #[test]
 fn an_aggregate_takes_the_buffer_of_the_queue_it_drains() {
     let cfg = ProducerConfig {
@@ -282,8 +282,21 @@ fn an_aggregate_takes_the_buffer_of_the_queue_it_drains() {
     let (taken, moved, kept) = build(&mut h, 11, 16);
     assert_eq!((taken, moved), (11, false), "11 of 16 slots: copied");
     assert!(kept >= 16, "the queue keeps its buffer: {kept}");
-    let (taken, moved, _) = build(&mut h, 30, 32);
-    assert!(taken < 30 && !moved, "{taken} of 30 taken: copied");
+    let (fit, moved, _) = build(&mut h, 30, 32);
+    assert!(fit < 30 && !moved, "{fit} of 30 taken, 32 slots: copied");
+    // As many as fit, two left behind, in a buffer of their number.
+    let (taken, moved, kept) = build(&mut h, fit + 2, fit + 2);
+    assert_eq!(
+        (taken, moved),
+        (fit, true),
+        "{fit} of {} slots: moved",
+        fit + 2
+    );
+    assert_eq!(
+        kept,
+        fit + 2,
+        "the records left behind get a buffer of the same size"
+    );
 }
 
 #[test]
