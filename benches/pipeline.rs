@@ -25,7 +25,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use kinesis_producer::collector::Collector;
 use kinesis_producer::config::StreamRef;
 use kinesis_producer::kinesis::{
-    BoxFuture, ClientError, PutRecordsRequest, PutRecordsResultEntry, StreamSummary,
+    BoxFuture, ClientError, PutRecordsRequest, PutRecordsResultEntry, SequenceNumber, StreamSummary,
 };
 use kinesis_producer::shard_map::{even_shards, ShardInfo, ShardMap};
 use kinesis_producer::{HashKey, Kinesis, Producer, UserRecord};
@@ -120,7 +120,7 @@ pub struct DiscardSink {
     shards: Vec<ShardInfo>,
     map: ShardMap,
     by_key: HashMap<String, Arc<str>>,
-    sequence_number: Arc<str>,
+    sequence_number: SequenceNumber,
 }
 
 impl DiscardSink {

@@ -44,7 +44,7 @@ use crate::collector::{Batch, Collector};
 use crate::congestion::Concurrency;
 use crate::error::RecordError;
 use crate::hash_key::HashKey;
-use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry};
+use crate::kinesis::{ClientError, PutRecordsRequest, PutRecordsResultEntry, SequenceNumber};
 use crate::limiter::RateControl;
 use crate::metrics::Metrics;
 use crate::record::Attempt;
@@ -77,7 +77,7 @@ struct InFlight {
 struct Stored {
     record: KRecord,
     shard_id: Arc<str>,
-    sequence_number: Arc<str>,
+    sequence_number: SequenceNumber,
     attempt: Attempt,
 }
 

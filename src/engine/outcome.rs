@@ -250,6 +250,7 @@ impl Engine {
             sequence_number,
             attempt,
         } = stored;
+        let sequence_number: Arc<str> = sequence_number.as_str().into();
         let stranded_before = retry_entries.len();
         for (i, mut e) in record.entries.into_iter().enumerate() {
             if range.contains(e.hash_key) {
@@ -300,14 +301,20 @@ impl Engine {
         let (n, bytes) = self.ledger.release(&entries);
         self.admission.on_drained(n, bytes);
         self.telemetry.put(n);
+        // The sequence number as the futures hold it, made for the first one (none for
+        // fire-and-forget records) and shared by the sub-records of an aggregate.
+        let mut shared: Option<Arc<str>> = None;
         // By reference: moving each entry out would copy it only to drop it.
         for (i, e) in entries.iter_mut().enumerate() {
             // Fire-and-forget records have no future: no outcome to build.
             if let Some(reply) = e.reply.take() {
                 let attempts = e.attempts.with(attempt.clone());
+                let sequence_number = shared
+                    .get_or_insert_with(|| sequence_number.as_str().into())
+                    .clone();
                 let _ = reply.send(Ok(PutOutcome {
                     shard_id: shard_id.clone(),
-                    sequence_number: sequence_number.clone(),
+                    sequence_number,
                     sub_sequence_number: aggregated.then_some(i as u64),
                     attempts,
                 }));

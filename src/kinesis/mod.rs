@@ -44,6 +44,49 @@ pub struct PutRecordsRequest {
     pub records: Vec<PutRecordsEntry>,
 }
 
+/// A sequence number as the service answered it. Read from a response, it is a slice of the
+/// response's body, so a result costs no allocation until a record's future asks for it
+/// ([`PutOutcome::sequence_number`](crate::PutOutcome)); fire-and-forget records never do.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SequenceNumber(Bytes);
+
+impl SequenceNumber {
+    /// A slice of `body` holding `text` (which must lie within it).
+    pub(crate) fn within(body: &Bytes, text: &str) -> Self {
+        SequenceNumber(body.slice_ref(text.as_bytes()))
+    }
+
+    /// The digits.
+    pub fn as_str(&self) -> &str {
+        // Only ever made from a `str`: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<&str> for SequenceNumber {
+    fn from(text: &str) -> Self {
+        SequenceNumber(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+impl From<String> for SequenceNumber {
+    fn from(text: String) -> Self {
+        SequenceNumber(Bytes::from(text))
+    }
+}
+
+impl fmt::Display for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SequenceNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// The result of one record of a PutRecords request, in request order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PutRecordsResultEntry {
@@ -52,7 +95,7 @@ pub enum PutRecordsResultEntry {
         /// The shard that stored it.
         shard_id: Arc<str>,
         /// Its sequence number.
-        sequence_number: Arc<str>,
+        sequence_number: SequenceNumber,
     },
     /// Not stored.
     Err {

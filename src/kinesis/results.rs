@@ -8,17 +8,23 @@
 //! handed to `serde_json` to decode. Members other than the four read here are skipped whatever
 //! they hold, in any order, with any whitespace; anything that is not JSON is an error.
 
-use super::{ClientError, ClientErrorKind, PutRecordsResultEntry};
+use super::{ClientError, ClientErrorKind, PutRecordsResultEntry, SequenceNumber};
+use bytes::Bytes;
 use std::borrow::Cow;
 use std::sync::Arc;
 
 /// The results in a PutRecords response `body`, one per record sent (`n`), in order.
 pub(crate) fn parse_results(
-    body: &[u8],
+    body: &Bytes,
     n: usize,
 ) -> Result<Vec<PutRecordsResultEntry>, ClientError> {
     let mut out = Vec::with_capacity(n);
-    Reader { body, at: 0 }.output(&mut out).map_err(|e| {
+    let mut reader = Reader {
+        body,
+        bytes: body,
+        at: 0,
+    };
+    reader.output(&mut out).map_err(|e| {
         ClientError::new(
             ClientErrorKind::Service,
             format!("PutRecords answered a body that is not its output: {e}"),
@@ -53,6 +59,8 @@ const MAX_DEPTH: usize = 127;
 
 struct Reader<'a> {
     body: &'a [u8],
+    /// The same body, which sequence numbers are slices of.
+    bytes: &'a Bytes,
     at: usize,
 }
 
@@ -128,7 +136,10 @@ impl<'a> Reader<'a> {
             out.push(match (f.shard_id, f.sequence_number, f.error_code) {
                 (Some(shard), Some(seq), None) => PutRecordsResultEntry::Ok {
                     shard_id: reuse(&mut shard_ids, &shard),
-                    sequence_number: Arc::from(&*seq),
+                    sequence_number: match seq {
+                        Cow::Borrowed(seq) => SequenceNumber::within(r.bytes, seq),
+                        Cow::Owned(seq) => seq.into(),
+                    },
                 },
                 (_, _, code) => PutRecordsResultEntry::Err {
                     code: reuse(&mut codes, code.as_deref().unwrap_or("MissingResult")),
@@ -369,6 +380,11 @@ fn reuse(last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `parse_results` on a copy of `body`.
+    fn parse(body: impl AsRef<[u8]>, n: usize) -> Result<Vec<PutRecordsResultEntry>, ClientError> {
+        parse_results(&Bytes::copy_from_slice(body.as_ref()), n)
+    }
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -481,7 +497,7 @@ mod tests {
         /// Any response a service may send reads as `serde_json` reads it.
         #[test]
         fn any_response_reads_as_serde_json_reads_it((body, n) in response()) {
-            let got = parse_results(&body, n).expect("a valid response");
+            let got = parse(&body, n).expect("a valid response");
             prop_assert_eq!(Some(got), reference(&body, n));
         }
 
@@ -502,7 +518,7 @@ mod tests {
                 body[i] = byte;
             }
             prop_assume!(!out_of_range(&body));
-            prop_assert_eq!(parse_results(&body, n).ok(), reference(&body, n));
+            prop_assert_eq!(parse(&body, n).ok(), reference(&body, n));
         }
 
         /// Whatever a service answers, reading it is an error or as many results as were sent.
@@ -511,10 +527,29 @@ mod tests {
             body in prop::collection::vec(any::<u8>(), 0..300),
             n in 0usize..4,
         ) {
-            if let Ok(results) = parse_results(&body, n) {
+            if let Ok(results) = parse(&body, n) {
                 prop_assert_eq!(results.len(), n);
             }
         }
+    }
+
+    /// A sequence number is a slice of the response's body, not a copy; one written with an
+    /// escape is unescaped into its own buffer.
+    #[test]
+    fn sequence_numbers_are_slices_of_the_body() {
+        let body = Bytes::from_static(
+            br#"{"Records":[{"SequenceNumber":"495","ShardId":"s"},{"SequenceNumber":"49\u0036","ShardId":"s"}]}"#,
+        );
+        let got = parse_results(&body, 2).expect("parsed");
+        let seq = |i: usize| match &got[i] {
+            PutRecordsResultEntry::Ok {
+                sequence_number, ..
+            } => sequence_number.as_str(),
+            other => panic!("{other:?}"),
+        };
+        let within = |s: &str| body.as_ptr_range().contains(&s.as_ptr());
+        assert_eq!((seq(0), within(seq(0))), ("495", true));
+        assert_eq!((seq(1), within(seq(1))), ("496", false));
     }
 
     #[test]
@@ -525,7 +560,7 @@ mod tests {
             {"SequenceNumber":"496","ShardId":"shardId-000000000001","ErrorCode":null},
             {"SequenceNumber":"497","ShardId":"shardId-000000000001","ErrorCode":"InternalFailure"},
             {"ErrorCode":"InternalFailure"}]}"#;
-        let got = parse_results(body, 5).expect("parsed");
+        let got = parse(body, 5).expect("parsed");
         let ok = |shard: &str, seq: &str| PutRecordsResultEntry::Ok {
             shard_id: shard.into(),
             sequence_number: seq.into(),
@@ -552,13 +587,13 @@ mod tests {
     #[test]
     fn a_response_that_does_not_match_the_request_is_an_error() {
         let one = br#"{"Records":[{"SequenceNumber":"1","ShardId":"s"}]}"#;
-        let e = parse_results(one, 2).expect_err("count");
+        let e = parse(one, 2).expect_err("count");
         assert!(e.message.contains("1 results for 2 records"), "{e}");
-        let e = parse_results(b"<html>", 1).expect_err("not JSON");
+        let e = parse(b"<html>", 1).expect_err("not JSON");
         assert_eq!(e.kind, ClientErrorKind::Service);
         assert!(e.message.contains("not its output"), "{e}");
         // A result with neither a sequence number nor a code is a failure, not a success.
-        let got = parse_results(br#"{"Records":[{"ShardId":"s"}]}"#, 1).expect("parsed");
+        let got = parse(br#"{"Records":[{"ShardId":"s"}]}"#, 1).expect("parsed");
         assert!(
             matches!(&got[0], PutRecordsResultEntry::Err { code, .. } if &**code == "MissingResult")
         );
@@ -615,7 +650,7 @@ mod tests {
             ] {
                 let n = usize::from(body.contains("ErrorCode"));
                 let expected = reference(body.as_bytes(), n);
-                assert_eq!(parse_results(body.as_bytes(), n).ok(), expected, "{body}");
+                assert_eq!(parse(body.as_bytes(), n).ok(), expected, "{body}");
             }
         }
         for (body, ok) in [
@@ -626,7 +661,7 @@ mod tests {
             ("{}", false),
             ("", false),
         ] {
-            assert_eq!(parse_results(body.as_bytes(), 0).is_ok(), ok, "{body}");
+            assert_eq!(parse(body.as_bytes(), 0).is_ok(), ok, "{body}");
         }
     }
 
@@ -669,12 +704,12 @@ mod tests {
         // The same limit as `serde_json`'s, to the level, for arrays and objects.
         for d in 120..=136 {
             for body in [deep(d), deep_objects(d)] {
-                let got = parse_results(body.as_bytes(), 0);
+                let got = parse(body.as_bytes(), 0);
                 let expected = reference(body.as_bytes(), 0).is_some();
                 assert_eq!(got.is_ok(), expected, "depth {d}: {body}");
             }
         }
-        let e = parse_results(deep(200).as_bytes(), 0).expect_err("too deep");
+        let e = parse(deep(200).as_bytes(), 0).expect_err("too deep");
         assert!(e.message.contains("nested too deep"), "{e}");
     }
 
@@ -689,7 +724,7 @@ mod tests {
                 "expected a string or null",
             ),
         ] {
-            let e = parse_results(body, 0).expect_err("wrong kind");
+            let e = parse(body, 0).expect_err("wrong kind");
             assert!(e.message.contains(what), "{e}");
         }
     }

@@ -36,10 +36,23 @@ fn aggregates_records_of_one_shard_and_reports_positions() {
     let subs = crate::aggregation::deaggregate(&agg.partition_key, None, agg.data.clone()).unwrap();
     assert_eq!(subs.len(), 5);
     h.ok_all(id, &req, 2);
+    let mut sequence_numbers = Vec::new();
     for (i, rx) in rxs.iter_mut().enumerate() {
         let out = outcome(rx).unwrap();
         assert_eq!(out.sub_sequence_number, Some(i as u64));
+        sequence_numbers.push(out.sequence_number);
     }
+    // The aggregate's sequence number, made once and shared by its sub-records' outcomes.
+    let expected = match ok_entry(agg, 2) {
+        PutRecordsResultEntry::Ok {
+            sequence_number, ..
+        } => sequence_number,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(&*sequence_numbers[0], expected.as_str());
+    assert!(sequence_numbers
+        .iter()
+        .all(|s| Arc::ptr_eq(s, &sequence_numbers[0])));
     assert_eq!(outcome(&mut other).unwrap().sub_sequence_number, None);
 }
 
