@@ -19,12 +19,7 @@ pub(crate) fn parse_results(
     n: usize,
 ) -> Result<Vec<PutRecordsResultEntry>, ClientError> {
     let mut out = Vec::with_capacity(n);
-    let mut reader = Reader {
-        body,
-        bytes: body,
-        at: 0,
-    };
-    reader.output(&mut out).map_err(|e| {
+    Reader { body, at: 0 }.output(&mut out).map_err(|e| {
         ClientError::new(
             ClientErrorKind::Service,
             format!("PutRecords answered a body that is not its output: {e}"),
@@ -58,9 +53,8 @@ type Read<T> = Result<T, Malformed>;
 const MAX_DEPTH: usize = 127;
 
 struct Reader<'a> {
-    body: &'a [u8],
-    /// The same body, which sequence numbers are slices of.
-    bytes: &'a Bytes,
+    /// The body, which sequence numbers are slices of.
+    body: &'a Bytes,
     at: usize,
 }
 
@@ -137,7 +131,7 @@ impl<'a> Reader<'a> {
                 (Some(shard), Some(seq), None) => PutRecordsResultEntry::Ok {
                     shard_id: reuse(&mut shard_ids, &shard),
                     sequence_number: match seq {
-                        Cow::Borrowed(seq) => SequenceNumber::within(r.bytes, seq),
+                        Cow::Borrowed(seq) => SequenceNumber::within(r.body, seq),
                         Cow::Owned(seq) => seq.into(),
                     },
                 },
@@ -380,13 +374,13 @@ fn reuse(last: &mut Option<Arc<str>>, s: &str) -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
 
     /// `parse_results` on a copy of `body`.
     fn parse(body: impl AsRef<[u8]>, n: usize) -> Result<Vec<PutRecordsResultEntry>, ClientError> {
         parse_results(&Bytes::copy_from_slice(body.as_ref()), n)
     }
-    use proptest::prelude::*;
-    use serde_json::{json, Value};
 
     /// What the results of `body` are by the API's definition, through `serde_json`'s own
     /// reader: the reference the single pass is compared with.
