@@ -385,6 +385,22 @@ impl Kinesis for SdkKinesis {
 mod tests {
     use super::*;
 
+    /// A sequence number prints as its digits, and debugs as a string, from any source.
+    #[test]
+    fn sequence_numbers_print_as_their_digits() {
+        let body = Bytes::from_static(b"[\"4950\"]");
+        let numbers = [
+            SequenceNumber::within(&body, std::str::from_utf8(&body[2..6]).unwrap()),
+            SequenceNumber::from("4950"),
+            SequenceNumber::from(String::from("4950")),
+        ];
+        for n in &numbers {
+            assert_eq!((n.as_str(), n.to_string()), ("4950", "4950".to_string()));
+            assert_eq!(format!("{n:?}"), "\"4950\"");
+            assert_eq!(n, &numbers[0]);
+        }
+    }
+
     #[test]
     fn seam_is_object_safe() {
         fn takes(_: Option<Arc<dyn Kinesis>>) {}
