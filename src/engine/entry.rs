@@ -195,6 +195,17 @@ impl KRecord {
         }
     }
 
+    /// Takes its user records and wire form out, leaving it empty (for a record that must
+    /// outlive the request it came back in).
+    pub fn take(&mut self) -> Self {
+        KRecord {
+            shard: self.shard.clone(),
+            entries: std::mem::take(&mut self.entries),
+            wire: std::mem::take(&mut self.wire),
+            ..*self
+        }
+    }
+
     /// Whether every user record in it is still within its TTL: whether its oldest one is
     /// (checked before each request without reading the entries, which at thousands of shards
     /// have long left the cache).

@@ -71,14 +71,18 @@ struct InFlight {
     start: Instant,
 }
 
-/// A Kinesis record the service stored, on its way to resolution. An aggregate stored on a
-/// shard the map does not know yet is parked as one: its sub-records are checked against that
-/// shard's range once the refreshed map arrives.
-struct Stored {
-    record: KRecord,
+/// Where the service stored a Kinesis record, and the attempt that stored it.
+struct Landing {
     shard_id: Arc<str>,
     sequence_number: SequenceNumber,
     attempt: Attempt,
+}
+
+/// An aggregate stored on a shard the map does not know yet, parked: its sub-records are
+/// checked against that shard's range once the refreshed map arrives.
+struct Parked {
+    record: KRecord,
+    landing: Landing,
 }
 
 /// I/O the engine asks the loop to perform.
@@ -110,7 +114,7 @@ pub(crate) struct Engine {
     settings_schedule: SettingsSchedule,
     /// Back from `AUTO`: aggregation resumes once a fresh shard map is installed.
     resume_aggregation: bool,
-    parked: Vec<Stored>,
+    parked: Vec<Parked>,
     /// The stream's settings and map are being read (a stream met on its first record).
     discovery: Option<discovery::Discovery>,
     shutdown: Option<(Instant, Vec<oneshot::Sender<()>>)>,
@@ -355,9 +359,9 @@ impl Engine {
         }
         self.install_map(ShardMap::new(shards), now);
         let mut retry_entries = Vec::new();
-        for stored in std::mem::take(&mut self.parked) {
-            self.returned(&stored.record);
-            self.check_stranded(stored, &mut retry_entries);
+        for mut p in std::mem::take(&mut self.parked) {
+            self.returned(&p.record);
+            self.check_stranded(&mut p.record, p.landing, &mut retry_entries);
         }
         self.requeue(retry_entries, now);
     }

@@ -9,7 +9,7 @@
 //! [`Engine::resolve_stored`], which release the records in the ledger first.
 
 use super::entry::{Entry, KRecord};
-use super::{Engine, InFlight, Stored};
+use super::{Engine, InFlight, Landing, Parked};
 use crate::error::RecordError;
 use crate::kinesis::{ClientError, ClientErrorKind, PutRecordsResultEntry};
 use crate::record::{Attempt, PutOutcome};
@@ -37,7 +37,10 @@ impl Engine {
         }
         let mut retry_entries = Vec::new();
         let mut backoff_shards: Vec<Arc<str>> = Vec::new();
-        for (record, result) in records.into_iter().zip(results) {
+        // By reference: a Kinesis record is a few hundred bytes, and moving each one out of the
+        // request only to drop it was a tenth of the engine thread's work unaggregated.
+        let mut records = records;
+        for (record, result) in records.iter_mut().zip(results) {
             match result {
                 PutRecordsResultEntry::Ok {
                     shard_id,
@@ -55,16 +58,15 @@ impl Engine {
                         error_code: None,
                         error_message: None,
                     };
-                    let stored = Stored {
-                        record,
+                    let landing = Landing {
                         shard_id,
                         sequence_number,
                         attempt,
                     };
-                    self.on_stored(stored, &mut retry_entries);
+                    self.on_stored(record, landing, &mut retry_entries);
                 }
                 PutRecordsResultEntry::Err { code, message } => {
-                    self.returned(&record);
+                    self.returned(record);
                     self.telemetry.error(&code);
                     let decision = retry::classify_code(&code);
                     let throttled = decision == (Decision::Retry { throttled: true });
@@ -161,8 +163,9 @@ impl Engine {
             Vec::new()
         };
         let mut retry_entries = Vec::new();
-        for (i, record) in records.into_iter().enumerate() {
-            self.returned(&record);
+        let mut records = records;
+        for (i, record) in records.iter_mut().enumerate() {
+            self.returned(record);
             if decision == (Decision::Retry { throttled: true }) {
                 self.rate.answered(record.size, true, now);
                 if let Some(st) = self.shards.by_id(&record.shard) {
@@ -176,7 +179,7 @@ impl Engine {
                 error_message: Some(error.message.clone()),
             };
             if cancelled {
-                for mut e in record.entries {
+                for mut e in record.entries.drain(..) {
                     let attempts = e.attempts.with(attempt.clone());
                     self.resolve(e, Err(RecordError::ShutDown { attempts }));
                 }
@@ -208,10 +211,15 @@ impl Engine {
         retry_entries
     }
 
-    /// A Kinesis record was stored on `stored.shard_id`.
-    fn on_stored(&mut self, stored: Stored, retry_entries: &mut Vec<Entry>) {
-        let off_shard = stored.shard_id != stored.record.shard;
-        if off_shard && (self.s.predict || stored.record.aggregated) {
+    /// A Kinesis record was stored on `landing.shard_id`.
+    fn on_stored(
+        &mut self,
+        record: &mut KRecord,
+        landing: Landing,
+        retry_entries: &mut Vec<Entry>,
+    ) {
+        let off_shard = landing.shard_id != record.shard;
+        if off_shard && (self.s.predict || record.aggregated) {
             // The map is stale, or the stream now places records itself (`AUTO`): read both
             // again. A plain record always lands where the service puts it: it succeeded. An
             // aggregate's sub-records may lie outside the storing shard's range: check them
@@ -220,39 +228,44 @@ impl Engine {
             self.refresh.request();
             self.settings_schedule.request();
             self.telemetry.mispredicted();
-            if stored.record.aggregated {
-                if self.shards.map.shard(&stored.shard_id).is_some() {
-                    self.returned(&stored.record);
-                    self.check_stranded(stored, retry_entries);
+            if record.aggregated {
+                if self.shards.map.shard(&landing.shard_id).is_some() {
+                    self.returned(record);
+                    self.check_stranded(record, landing, retry_entries);
                 } else {
                     // Still outstanding: under per-shard ordering the shards of its range wait
                     // until its stranded sub-records are back at the front of their queues.
-                    self.parked.push(stored);
+                    let record = record.take();
+                    self.parked.push(Parked { record, landing });
                 }
                 return;
             }
         }
-        self.returned(&stored.record);
-        self.resolve_stored(stored);
+        self.returned(record);
+        self.resolve_stored(&mut record.entries, record.aggregated, landing);
     }
 
     /// Resolves an aggregate's sub-records that lie in the storing shard's range; re-sends the
     /// others (KCL would drop them).
-    pub(super) fn check_stranded(&mut self, stored: Stored, retry_entries: &mut Vec<Entry>) {
-        let Some(range) = self.shards.map.shard(&stored.shard_id).cloned() else {
+    pub(super) fn check_stranded(
+        &mut self,
+        record: &mut KRecord,
+        landing: Landing,
+        retry_entries: &mut Vec<Entry>,
+    ) {
+        let Some(range) = self.shards.map.shard(&landing.shard_id).cloned() else {
             // Not even the refreshed map knows the shard: nothing to check against.
-            self.resolve_stored(stored);
+            self.resolve_stored(&mut record.entries, record.aggregated, landing);
             return;
         };
-        let Stored {
-            record,
+        let Landing {
             shard_id,
             sequence_number,
             attempt,
-        } = stored;
+        } = landing;
         let sequence_number: Arc<str> = sequence_number.as_str().into();
         let stranded_before = retry_entries.len();
-        for (i, mut e) in record.entries.into_iter().enumerate() {
+        for (i, mut e) in record.entries.drain(..).enumerate() {
             if range.contains(e.hash_key) {
                 let attempts = e.attempts.with(attempt.clone());
                 self.resolve(
@@ -283,22 +296,17 @@ impl Engine {
         }
     }
 
-    /// Resolves the user records of one stored Kinesis record.
-    fn resolve_stored(&mut self, stored: Stored) {
-        let Stored {
-            record:
-                KRecord {
-                    mut entries,
-                    aggregated,
-                    ..
-                },
+    /// Resolves the user records of one stored Kinesis record (sub-records of an aggregate
+    /// if `aggregated`).
+    fn resolve_stored(&mut self, entries: &mut [Entry], aggregated: bool, landing: Landing) {
+        let Landing {
             shard_id,
             sequence_number,
             attempt,
-        } = stored;
+        } = landing;
         // Buffer room, stats and metrics once per Kinesis record rather than once per user
         // record, before any future resolves (as `resolve` does).
-        let (n, bytes) = self.ledger.release(&entries);
+        let (n, bytes) = self.ledger.release(&*entries);
         self.admission.on_drained(n, bytes);
         self.telemetry.put(n);
         // The sequence number as the futures hold it, made for the first one (none for
@@ -325,14 +333,14 @@ impl Engine {
 
     fn on_failed(
         &mut self,
-        record: KRecord,
+        record: &mut KRecord,
         decision: Decision,
         code: Arc<str>,
         message: Arc<str>,
         attempt: Attempt,
         retry_entries: &mut Vec<Entry>,
     ) {
-        for mut e in record.entries {
+        for mut e in record.entries.drain(..) {
             e.attempts.push(attempt.clone());
             match decision {
                 Decision::Retry { .. } => retry_entries.push(e),
