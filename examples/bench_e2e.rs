@@ -7,7 +7,9 @@
 //!   cpu        limits off, 64 shards, 100-byte records, as fast as possible [10 s]:
 //!              user records/s, CPU s per million records (process, producer, simulator),
 //!              peak RSS, and `floor_us_per_record`: the CPU of only the unavoidable work on
-//!              the same records (see `floor_us_per_record`), with the producer's ratio to it
+//!              the same records (see `floor_us_per_record`), with the producer's ratio to it,
+//!              and `signing_us_per_record`: the SHA-256 of the floor's request bodies that
+//!              SigV4 requires, which the floor leaves out
 //!   accuracy   limits on, 8 shards, 2x capacity [60 s]; aggregated 1 KB records by default,
 //!              `--aggregation off` switches to 100-byte records: per-shard utilization and
 //!              the fraction of PutRecords entries throttled
@@ -721,11 +723,21 @@ fn json_entry(body: &mut String, data: &[u8], key: &str, hash: Option<u128>) {
 /// in requests of at most 500 entries and 5 MiB. Not counted: SigV4 signing, HTTP, and all
 /// bookkeeping (queues, futures, retries, limits). `per_aggregate` is what the measured run
 /// formed (user records ÷ Kinesis records), so the floor covers the same Kinesis records.
-fn floor_us_per_record(load: &Load, n: usize, aggregation: bool, per_aggregate: usize) -> f64 {
+///
+/// Returns the floor and, apart from it, the SHA-256 of each request body that SigV4 signs
+/// (Kinesis accepts no unsigned payload): work every producer does that the floor leaves out.
+fn floor_us_per_record(
+    load: &Load,
+    n: usize,
+    aggregation: bool,
+    per_aggregate: usize,
+) -> (f64, f64) {
     use md5::{Digest, Md5};
+    use sha2::Sha256;
     let keys = &load.keys;
     let data = &load.data[..];
     let stride = 7919 % keys.len().max(1);
+    let mut signing = 0.0;
     let t0 = thread_cpu_now();
     let mut body = String::new();
     let mut in_request = 0usize;
@@ -733,13 +745,19 @@ fn floor_us_per_record(load: &Load, n: usize, aggregation: bool, per_aggregate: 
     let mut agg: Vec<u8> = Vec::new();
     let mut agg_keys: Vec<&str> = Vec::new();
     let mut k = 0usize;
-    let new_request = |body: &mut String, in_request: &mut usize| {
+    let new_request = |body: &mut String, in_request: &mut usize, signing: &mut f64| {
+        if *in_request > 0 {
+            body.push_str("]}");
+            let t = thread_cpu_now();
+            std::hint::black_box(<Sha256 as sha2::Digest>::digest(body.as_bytes()));
+            *signing += thread_cpu_now() - t;
+        }
         std::hint::black_box(&*body);
         body.clear();
         body.push_str("{\"StreamName\":\"bench\",\"Records\":[");
         *in_request = 0;
     };
-    new_request(&mut body, &mut in_request);
+    new_request(&mut body, &mut in_request, &mut signing);
     for i in 0..n {
         let key = keys[k].as_str();
         k = (k + stride) % keys.len();
@@ -747,7 +765,7 @@ fn floor_us_per_record(load: &Load, n: usize, aggregation: bool, per_aggregate: 
         hashes ^= hash;
         if !aggregation {
             if in_request == 500 || body.len() + data.len() * 4 / 3 > 5 << 20 {
-                new_request(&mut body, &mut in_request);
+                new_request(&mut body, &mut in_request, &mut signing);
             }
             json_entry(&mut body, data, key, None);
             in_request += 1;
@@ -786,14 +804,19 @@ fn floor_us_per_record(load: &Load, n: usize, aggregation: bool, per_aggregate: 
         let digest = Md5::digest(&agg[4..]);
         agg.extend_from_slice(&digest);
         if in_request == 500 || body.len() + agg.len() * 4 / 3 > 5 << 20 {
-            new_request(&mut body, &mut in_request);
+            new_request(&mut body, &mut in_request, &mut signing);
         }
         json_entry(&mut body, &agg, agg_keys[0], Some(hash));
         in_request += 1;
         agg_keys.clear();
     }
-    std::hint::black_box((hashes, &body));
-    (thread_cpu_now() - t0) * 1e6 / n.max(1) as f64
+    new_request(&mut body, &mut in_request, &mut signing);
+    std::hint::black_box(hashes);
+    let per_record = |s: f64| s * 1e6 / n.max(1) as f64;
+    (
+        per_record(thread_cpu_now() - t0 - signing),
+        per_record(signing),
+    )
 }
 
 // ---- scenarios ----------------------------------------------------------------------------
@@ -829,7 +852,7 @@ fn scenario_cpu(o: &Opts) {
     // the run grouped them.
     let per_aggregate = (put as f64 / krecords.max(1) as f64).round() as usize;
     let floor_n = (put as usize).clamp(1, 2_000_000);
-    let floor = floor_us_per_record(&run.load, floor_n, o.aggregation, per_aggregate);
+    let (floor, signing) = floor_us_per_record(&run.load, floor_n, o.aggregation, per_aggregate);
     println!(
         "{{\"scenario\":\"cpu\",\"aggregation\":{},\"tracked\":{},\"external_endpoint\":{},\
          \"streams\":{},\"shards\":{},\"record_size\":{},\"keys\":{},\"seconds\":{},\"records_added\":{sent},\
@@ -837,7 +860,8 @@ fn scenario_cpu(o: &Opts) {
          \"requests\":{requests},\"throttles\":{throttles},\"user_records_per_sec\":{},\
          \"cpu_s_per_million_process\":{},\"cpu_s_per_million_producer\":{},\
          \"cpu_s_per_million_sim\":{},\"producer_us_per_record\":{},\
-         \"floor_us_per_record\":{},\"producer_to_floor\":{},\"peak_rss_mib\":{},\
+         \"floor_us_per_record\":{},\"producer_to_floor\":{},\"signing_us_per_record\":{},\
+         \"peak_rss_mib\":{},\
          \"peak_heap_growth_mib\":{},\"build_heap_bytes\":{}}}",
         o.aggregation,
         o.tracked,
@@ -854,6 +878,7 @@ fn scenario_cpu(o: &Opts) {
         r3(producer_us),
         r3(floor),
         r3(producer_us / floor),
+        r3(signing),
         r3(rss_kib as f64 / 1024.0),
         peak_heap.map_or("null".to_string(), |m| r3(m).to_string()),
         run.build_heap,
