@@ -64,6 +64,9 @@ use kinesis_sim::{RateLimits, SimConfig, Simulator, StreamCounters, ThrottleMode
 
 #[path = "bench_e2e/fleet.rs"]
 mod fleet;
+#[path = "bench_e2e/floor.rs"]
+mod floor;
+use floor::{encode_aggregate, json_entry};
 
 const MIB: f64 = 1_048_576.0;
 const SHARD_RECORDS: f64 = 1_000.0;
@@ -683,36 +686,6 @@ fn thread_cpu_now() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-fn varint(buf: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        buf.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    buf.push(v as u8);
-}
-
-fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
-
-/// Appends one PutRecords JSON entry, as the request body carries it.
-fn json_entry(body: &mut String, data: &[u8], key: &str, hash: Option<u128>) {
-    use base64::Engine as _;
-    use std::fmt::Write as _;
-    if !body.ends_with('[') {
-        body.push(',');
-    }
-    body.push_str("{\"Data\":\"");
-    base64::engine::general_purpose::STANDARD.encode_string(data, body);
-    body.push_str("\",\"PartitionKey\":\"");
-    body.push_str(key);
-    body.push('"');
-    if let Some(h) = hash {
-        let _ = write!(body, ",\"ExplicitHashKey\":\"{h}\"");
-    }
-    body.push('}');
-}
-
 /// Microseconds of CPU per user record, single-threaded, for only the work any producer must
 /// do on these records: the MD5 of each partition key (its shard), and then either
 /// - aggregated: the KPL framing (magic, protobuf of keys and records) of aggregates of
@@ -775,34 +748,7 @@ fn floor_us_per_record(
         if agg_keys.len() < per_aggregate.max(1) && i + 1 < n {
             continue;
         }
-        // One aggregate, encoded once into a buffer of its exact size.
-        let record_len =
-            |j: usize| 1 + varint_len(j as u64) + 1 + varint_len(data.len() as u64) + data.len();
-        let mut size = 4 + 16;
-        for (j, key) in agg_keys.iter().enumerate() {
-            size += 1 + varint_len(key.len() as u64) + key.len();
-            let r = record_len(j);
-            size += 1 + varint_len(r as u64) + r;
-        }
-        agg.clear();
-        agg.reserve_exact(size);
-        agg.extend_from_slice(&[0xF3, 0x89, 0x9A, 0xC2]);
-        for key in &agg_keys {
-            agg.push(0x0A);
-            varint(&mut agg, key.len() as u64);
-            agg.extend_from_slice(key.as_bytes());
-        }
-        for j in 0..agg_keys.len() {
-            agg.push(0x1A);
-            varint(&mut agg, record_len(j) as u64);
-            agg.push(0x08);
-            varint(&mut agg, j as u64);
-            agg.push(0x1A);
-            varint(&mut agg, data.len() as u64);
-            agg.extend_from_slice(data);
-        }
-        let digest = Md5::digest(&agg[4..]);
-        agg.extend_from_slice(&digest);
+        encode_aggregate(&mut agg, agg_keys.iter().map(|k| (k.as_bytes(), data)));
         if in_request == 500 || body.len() + agg.len() * 4 / 3 > 5 << 20 {
             new_request(&mut body, &mut in_request, &mut signing);
         }

@@ -242,7 +242,7 @@ impl Engine {
             }
         }
         self.returned(record);
-        self.resolve_stored(&mut record.entries, record.aggregated, landing);
+        self.resolve_stored(record, landing);
     }
 
     /// Resolves an aggregate's sub-records that lie in the storing shard's range; re-sends the
@@ -255,7 +255,7 @@ impl Engine {
     ) {
         let Some(range) = self.shards.map.shard(&landing.shard_id).cloned() else {
             // Not even the refreshed map knows the shard: nothing to check against.
-            self.resolve_stored(&mut record.entries, record.aggregated, landing);
+            self.resolve_stored(record, landing);
             return;
         };
         let Landing {
@@ -296,9 +296,8 @@ impl Engine {
         }
     }
 
-    /// Resolves the user records of one stored Kinesis record (sub-records of an aggregate
-    /// if `aggregated`).
-    fn resolve_stored(&mut self, entries: &mut [Entry], aggregated: bool, landing: Landing) {
+    /// Resolves the user records of one stored Kinesis record.
+    fn resolve_stored(&mut self, record: &mut KRecord, landing: Landing) {
         let Landing {
             shard_id,
             sequence_number,
@@ -306,14 +305,14 @@ impl Engine {
         } = landing;
         // Buffer room, stats and metrics once per Kinesis record rather than once per user
         // record, before any future resolves (as `resolve` does).
-        let (n, bytes) = self.ledger.release(&*entries);
+        let (n, bytes) = self.ledger.release(&record.entries);
         self.admission.on_drained(n, bytes);
         self.telemetry.put(n);
         // The sequence number as the futures hold it, made for the first one (none for
         // fire-and-forget records) and shared by the sub-records of an aggregate.
         let mut shared: Option<Arc<str>> = None;
         // By reference: moving each entry out would copy it only to drop it.
-        for (i, e) in entries.iter_mut().enumerate() {
+        for (i, e) in record.entries.iter_mut().enumerate() {
             // Fire-and-forget records have no future: no outcome to build.
             if let Some(reply) = e.reply.take() {
                 let attempts = e.attempts.with(attempt.clone());
@@ -323,7 +322,7 @@ impl Engine {
                 let _ = reply.send(Ok(PutOutcome {
                     shard_id: shard_id.clone(),
                     sequence_number,
-                    sub_sequence_number: aggregated.then_some(i as u64),
+                    sub_sequence_number: record.aggregated.then_some(i as u64),
                     attempts,
                 }));
             }
